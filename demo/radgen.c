@@ -1,0 +1,983 @@
+// radgen.c - deterministic generator of synthetic radiology order notes with gold protocol label and flags.
+//
+//     build/radgen --seed 7 --out data/        the committed splits (train, val, test, sample_orders)
+//     build/radgen --corpus 5000 --seed 1      unlabeled clinical text for pretraining, to stdout
+//     build/radgen --check --seed 7            generate in memory, report generator/extractor disagreements
+//
+// How a note is made: a scenario (the clinical question, with its base label and the facts its wording implies)
+// plus modifiers (renal function, prior contrast reaction, pregnancy, implants, anticoagulants, risk factors,
+// distractors and negations), wrapped in a style (terse, EHR fields, referral letter, ALL CAPS, ...), with a few
+// seeded typos that never touch a word the fact extractor reads. The gold label and flags come from the
+// generator's own structured facts run through the safety check of demo/radiology_rules.h: the label the
+// scenario asks for, switched to the documented safe alternative (or REVIEW) when a modifier contraindicates it.
+// test/test_radiology_rules.c then checks that extracting the facts back from the text gives the same answer.
+//
+// Template ids are the style names; every style belongs to exactly one split (see rg_styles), so train, val and
+// test share no template. Output JSONL, one object a line:
+//     {"id", "note", "label", "flags": [...], "template", "acceptable": [...]}
+// The generator uses only integer arithmetic and its own RNG (xorshift64*), so output is identical on every
+// platform for a given seed. Build: gcc -std=c99 -O2 -I. demo/radgen.c -o build/radgen -lm
+#define RAD_RULES_IMPLEMENTATION
+
+#include "demo/radiology_rules.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---------------------------------------------------------------------------------------------------------------
+// RNG
+
+typedef struct rg_rng { unsigned long long s; } rg_rng;
+static void rg_seed(rg_rng *r, unsigned long long seed) {
+    unsigned long long z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    r->s = (z ^ (z >> 31)) | 1ull;
+}
+static unsigned rg_u32(rg_rng *r) {
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return (unsigned)((r->s * 0x2545F4914F6CDD1Dull) >> 32);
+}
+static int rg_int(rg_rng *r, int lo, int hi) { return lo + (int)(rg_u32(r) % (unsigned)(hi - lo + 1)); }
+static int rg_pct(rg_rng *r, int p) { return (int)(rg_u32(r) % 100u) < p; }
+#define RG_PICK(r, arr) ((arr)[rg_u32(r) % (unsigned)(sizeof(arr) / sizeof((arr)[0]))])
+
+// ---------------------------------------------------------------------------------------------------------------
+// String builder (notes are short: a fixed buffer, truncation is a bug the word-count check would catch)
+
+#define RG_CAP 4096
+typedef struct rg_sb { char s[RG_CAP]; size_t n; } rg_sb;
+static void sb_clear(rg_sb *b) { b->n = 0; b->s[0] = 0; }
+static void sb_put(rg_sb *b, const char *t) {
+    size_t k = strlen(t);
+    if (b->n + k >= RG_CAP) k = RG_CAP - 1 - b->n;
+    memcpy(b->s + b->n, t, k);
+    b->n += k;
+    b->s[b->n] = 0;
+}
+static void sb_printf(rg_sb *b, const char *fmt, ...);
+#include <stdarg.h>
+static void sb_printf(rg_sb *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(b->s + b->n, RG_CAP - b->n, fmt, ap);
+    va_end(ap);
+    if (k > 0) b->n = (b->n + (size_t)k < RG_CAP) ? b->n + (size_t)k : RG_CAP - 1;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scenarios: base label, who (sex, ages), the facts the wording carries, an acceptable alternative, phrasings.
+
+enum { SC_ANTICOAG = 1, SC_PREG = 2, SC_NOTPREG = 4, SC_AKI = 8, SC_NOMODS = 16 };
+
+typedef struct rg_scen {
+    int         label;          // base label the order asks for (RAD_REVIEW for vague / outside the catalogue)
+    char        sex;            // 'F', 'M' or 0
+    int         amin, amax;     // age range
+    unsigned    ctx, rule;      // RAD_CTX_* and RAD_RULE_* the wording implies
+    unsigned    tags;           // SC_*
+    int         alt;            // an acceptable alternative label, -1 none
+    const char *kind;           // "exam", "vague", "outside", "rule_negative"
+    const char *ind[3];         // phrasings (NULL-terminated when fewer)
+} rg_scen;
+
+#define N_ -1
+static const rg_scen rg_scens[] = {
+    {RAD_CT_HEAD, 0, 25, 90, 0, 0, 0, N_, "exam", {"fell from standing, struck head, GCS 15, r/o ICH",
+        "sudden worst headache of life, thunderclap onset", "acute confusion since this morning, r/o intracranial bleed"}},
+    {RAD_CT_HEAD, 0, 65, 95, 0, 0, SC_ANTICOAG, N_, "exam", {"mechanical fall at home on apixaban, hit head, GCS 15",
+        "found on floor, takes warfarin for AF, scalp hematoma, r/o ICH", "fall on Eliquis, occipital laceration"}},
+    {RAD_CT_STROKE, 0, 45, 90, 0, 0, 0, N_, "exam", {"code stroke, LKW 07:30, R arm and leg weakness, aphasia, NIHSS 12",
+        "sudden L facial droop and L hemiparesis, onset 40 min ago, tPA candidate",
+        "acute aphasia, last known well 1 h ago, NIHSS 8, thrombectomy candidate"}},
+    {RAD_CTA_HEAD_NECK, 0, 35, 85, 0, 0, 0, RAD_MRA_HEAD, "exam", {"TIA yesterday with resolved R arm weakness, vessel imaging",
+        "neck pain after chiropractic manipulation, new Horner syndrome, r/o dissection",
+        "carotid stenosis 70 percent on duplex, pre-op vessel imaging"}},
+    {RAD_CT_SINUS, 0, 20, 75, 0, 0, 0, N_, "exam", {"chronic rhinosinusitis over 12 wks despite meds, pre-FESS planning",
+        "nasal polyps and recurrent sinus infections, ENT surgical planning",
+        "facial pressure and congestion for 4 months, failed 2 courses of antibiotics"}},
+    {RAD_CT_MAXFACE, 0, 18, 70, 0, 0, 0, N_, "exam", {"assault, punched in face, periorbital swelling, diplopia",
+        "fell onto face, malocclusion, r/o mandible fracture", "blow to L orbit, ?orbital floor fracture"}},
+    {RAD_CT_NECK, 0, 18, 75, 0, 0, 0, N_, "exam", {"odynophagia, fever and trismus, r/o peritonsillar abscess",
+        "firm L neck mass 3 cm, weight loss", "fever and neck swelling, r/o deep neck abscess"}},
+    {RAD_CT_CSPINE, 0, 18, 90, 0, 0, 0, N_, "exam", {"MVC at highway speed, midline neck tenderness",
+        "fall down a flight of stairs, neck pain, dangerous mechanism",
+        "intoxicated trauma pt, neck pain, cannot clear c-spine clinically"}},
+    {RAD_CT_CHEST_IV, 0, 40, 85, 0, 0, 0, N_, "exam", {"lung mass on CXR, staging", "hemoptysis, hilar fullness on CXR",
+        "complex pleural effusion, r/o empyema"}},
+    {RAD_CT_CHEST, 0, 40, 85, 0, 0, 0, N_, "exam", {"pulmonary nodule 6 mm, 12 month follow-up per Fleischner",
+        "progressive dyspnea and basal crackles, ?ILD, HRCT please", "chronic productive cough, suspected bronchiectasis"}},
+    {RAD_CT_LDCT, 0, 52, 77, 0, 0, 0, N_, "exam", {"lung cancer screening, 30 pack-years, current smoker, asymptomatic",
+        "annual LDCT, quit smoking 6 years ago, 40 pack-years",
+        "asymptomatic former smoker, 25 pack-years, eligible for screening"}},
+    {RAD_CTA_PE, 0, 20, 85, 0, 0, 0, N_, "exam", {"acute SOB and pleuritic CP, HR 118, D-dimer 2.4, Wells 6",
+        "sudden dyspnea POD 5 after hip surgery, SpO2 89% RA, r/o PE",
+        "tachycardia and hypoxia, on OCP, D-dimer elevated, ?PE"}},
+    {RAD_CTA_AORTA, 0, 35, 85, 0, 0, 0, N_, "exam", {"tearing chest pain radiating to back, BP differential between arms",
+        "Marfan syndrome, sudden chest and back pain, r/o dissection",
+        "widened mediastinum on CXR, acute chest pain, ?aortic dissection"}},
+    {RAD_CTA_CORONARY, 0, 40, 70, 0, 0, 0, RAD_NM_MPI, "exam", {"stable exertional chest pain, intermediate risk",
+        "equivocal stress test, ongoing chest pain, CAD assessment",
+        "atypical chest pain, calcium score and CCTA requested"}},
+    {RAD_CT_AP_IV, 0, 18, 80, RAD_CTX_RLQ, 0, 0, N_, "exam", {"RLQ pain x1d, fever, WBC 14.5, ?appendicitis",
+        "periumbilical pain moving to RLQ, anorexia, ?appy", "right lower quadrant pain and guarding, r/o appendicitis"}},
+    {RAD_CT_AP_IV, 0, 40, 85, 0, 0, 0, N_, "exam", {"LLQ pain and fever, ?diverticulitis",
+        "POD 6 after bowel resection, fever and abdominal pain, r/o abscess",
+        "distended abdomen, vomiting, ?SBO, prior laparotomy"}},
+    {RAD_CT_AP_IV, 0, 55, 85, 0, 0, SC_ANTICOAG, RAD_CTA_AP, "exam", {"3 d after liver biopsy, on apixaban, Hgb drop, ?bleed",
+        "post renal biopsy, on warfarin, Hgb 11.8 to 8.9, ?hematoma",
+        "day 2 after percutaneous drain, rivaroxaban restarted, falling Hgb"}},
+    {RAD_CT_STONE, 0, 20, 75, RAD_CTX_FLANK, 0, 0, N_, "exam", {"L flank pain radiating to groin, hematuria, h/o kidney stones",
+        "renal colic, microscopic hematuria", "R flank pain, CVA tenderness, r/o ureteric calculus"}},
+    {RAD_CT_UROGRAM, 0, 45, 85, 0, 0, 0, N_, "exam", {"painless gross hematuria, 40 pack-year smoker",
+        "microhematuria, high risk, urothelial workup", "filling defect in the collecting system on US"}},
+    {RAD_CT_LIVER, 0, 40, 80, 0, 0, 0, RAD_MR_ABD_C, "exam", {"cirrhosis, rising AFP, new liver lesion on US",
+        "HCC surveillance, MRI not available", "indeterminate hypervascular liver lesion, known carcinoid"}},
+    {RAD_CT_PANCREAS, 0, 45, 85, 0, 0, 0, N_, "exam", {"painless jaundice and weight loss, CA 19-9 elevated",
+        "pancreatic head mass on US, staging before Whipple", "dilated pancreatic duct, r/o pancreatic neoplasm"}},
+    {RAD_CTA_AP, 0, 45, 90, 0, 0, 0, N_, "exam", {"bright red blood per rectum, HR 125, BP 85/50, active GI bleed",
+        "pain out of proportion to exam, AF, lactate 5, r/o mesenteric ischemia",
+        "suspected active arterial bleeding after angioplasty, unstable"}},
+    {RAD_MR_BRAIN, 0, 50, 90, 0, 0, 0, N_, "exam", {"progressive memory loss, dementia workup",
+        "TIA 3 days ago with resolved symptoms, r/o infarct on DWI", "new onset seizure in an adult"}},
+    {RAD_MR_BRAIN_C, 0, 30, 80, 0, 0, 0, N_, "exam", {"known breast cancer, new headaches, r/o brain mets",
+        "suspected MS, optic neuritis last month", "HIV with fever and headache, r/o abscess"}},
+    {RAD_MR_PITUITARY, 'F', 20, 45, 0, 0, 0, N_, "exam", {"elevated prolactin, galactorrhea, amenorrhea",
+        "bitemporal hemianopsia, ?pituitary macroadenoma", "acromegaly features, high IGF-1"}},
+    {RAD_MR_IAC, 0, 30, 80, 0, 0, 0, N_, "exam", {"asymmetric sensorineural hearing loss L>R",
+        "unilateral tinnitus and hearing loss, r/o vestibular schwannoma", "vestibular schwannoma follow-up"}},
+    {RAD_MRA_HEAD, 0, 25, 70, 0, 0, 0, N_, "exam", {"two first-degree relatives with brain aneurysm, screening",
+        "ADPKD, intracranial aneurysm screening", "unruptured 4 mm aneurysm, annual follow-up"}},
+    {RAD_MR_CSPINE, 0, 30, 80, 0, 0, 0, N_, "exam", {"cervical radiculopathy C6 distribution for 8 weeks, failed PT",
+        "gait imbalance, hand clumsiness, hyperreflexia, ?myelopathy",
+        "neck pain with arm weakness, CT shows no fracture"}},
+    {RAD_MR_LSPINE, 0, 25, 80, 0, 0, 0, N_, "exam", {"sciatica L leg for 10 weeks, failed conservative tx, surgical candidate",
+        "saddle anaesthesia and urinary retention, ?cauda equina", "foot drop, L5 radiculopathy"}},
+    {RAD_MR_LSPINE_C, 0, 30, 80, 0, 0, 0, N_, "exam", {"s/p L4-5 laminectomy, recurrent radicular pain",
+        "fever and back pain, IVDU, r/o epidural abscess", "known prostate ca, new back pain"}},
+    {RAD_MR_SPINE_C, 0, 40, 85, 0, 0, 0, N_, "exam", {"metastatic lung cancer, back pain, bilateral leg weakness, r/o cord compression",
+        "multiple myeloma, multilevel back pain", "known melanoma, ?leptomeningeal disease"}},
+    {RAD_MR_KNEE, 0, 18, 60, 0, 0, 0, N_, "exam", {"twisting injury, locking and catching, ?meniscal tear, XR unremarkable",
+        "felt a pop playing soccer, instability, ?ACL tear", "persistent knee pain after unremarkable radiographs"}},
+    {RAD_MR_SHOULDER, 0, 30, 75, 0, 0, 0, N_, "exam", {"weakness on abduction, ?rotator cuff tear",
+        "impingement symptoms failing 3 months PT", "painful arc and night pain, ?cuff tear"}},
+    {RAD_MR_HIP, 0, 20, 85, 0, 0, 0, N_, "exam", {"fall, cannot bear weight, XR unremarkable, ?occult fracture",
+        "long-term steroids, hip pain, r/o AVN", "runner with groin pain, ?femoral neck stress fracture"}},
+    {RAD_MR_ABD_C, 0, 35, 80, 0, 0, 0, RAD_CT_LIVER, "exam", {"indeterminate liver lesion on CT, characterise",
+        "adrenal nodule 2 cm, characterisation", "pancreatic cyst follow-up"}},
+    {RAD_MRCP, 0, 30, 85, 0, 0, 0, N_, "exam", {"dilated CBD on US, rising bilirubin, ?choledocholithiasis",
+        "PSC surveillance", "elevated ALP and dilated ducts, ?CBD stone"}},
+    {RAD_MR_PELVIS_C, 'F', 25, 70, RAD_CTX_PELVIC, 0, 0, N_, "exam", {"indeterminate adnexal mass on US, characterise",
+        "adnexal lesion O-RADS 4, problem solving", "complex adnexal cyst on TVUS"}},
+    {RAD_MR_PELVIS_C, 'F', 25, 70, 0, 0, 0, N_, "exam", {"fibroid mapping before UAE", "cervical cancer staging",
+        "endometrial cancer, local staging"}},
+    {RAD_MR_PROSTATE, 'M', 50, 80, 0, 0, 0, N_, "exam", {"PSA 8.2 and rising, biopsy naive",
+        "active surveillance, PI-RADS follow-up", "elevated PSA density, prior benign biopsy"}},
+    {RAD_MR_AP, 'F', 20, 40, RAD_CTX_RLQ, 0, SC_PREG, RAD_US_RLQ, "exam", {"pregnant, RLQ pain, appendix not seen on US",
+        "IUP 24 wks, RLQ pain, ultrasound non-diagnostic for appendicitis", NULL}},
+    {RAD_US_RUQ, 0, 25, 80, RAD_CTX_RUQ, 0, 0, N_, "exam", {"RUQ pain after fatty meals, ?gallstones",
+        "fever, RUQ pain, positive Murphy sign", "epigastric and RUQ pain, ?cholecystitis"}},
+    {RAD_US_RUQ, 0, 25, 80, 0, 0, 0, N_, "exam", {"elevated LFTs and jaundice", "abnormal liver enzymes, ?fatty liver",
+        "painless jaundice, ?duct dilatation"}},
+    {RAD_US_KIDNEY, 0, 40, 85, 0, 0, SC_AKI, N_, "exam", {"AKI on the ward, r/o hydronephrosis",
+        "AKI after surgery, ?obstruction", NULL}},
+    {RAD_US_KIDNEY, 0, 40, 85, 0, 0, 0, N_, "exam", {"urinary retention, renal size and hydronephrosis",
+        "recurrent UTI, r/o structural abnormality", "palpable kidney, ?hydronephrosis"}},
+    {RAD_US_PELVIS, 'F', 18, 45, RAD_CTX_PELVIC, 0, SC_NOTPREG, N_, "exam", {"pelvic pain, hCG negative, r/o ovarian torsion",
+        "pelvic pain and fever, hCG neg, ?tubo-ovarian abscess", NULL}},
+    {RAD_US_PELVIS, 'F', 52, 80, 0, 0, SC_NOTPREG, N_, "exam", {"postmenopausal bleeding",
+        "postmenopausal, thickened endometrium on prior study", NULL}},
+    {RAD_US_PELVIS, 'F', 25, 45, 0, 0, 0, N_, "exam", {"menorrhagia, ?fibroids", "abnormal uterine bleeding, enlarged uterus",
+        "dysmenorrhea, ?endometrioma"}},
+    {RAD_US_OB, 'F', 18, 42, RAD_CTX_PELVIC, 0, SC_PREG, N_, "exam", {"positive beta-hCG, vaginal bleeding, r/o ectopic",
+        "hCG 2300, spotting and cramping, ?ectopic", "IUP? LMP 7 wks ago, vaginal bleeding, viability"}},
+    {RAD_US_SCROTUM, 'M', 12, 70, 0, 0, 0, N_, "exam", {"acute L testicular pain, r/o torsion",
+        "scrotal swelling and fever, ?epididymo-orchitis", "palpable testicular mass"}},
+    {RAD_US_DVT, 0, 25, 90, RAD_CTX_LEG, 0, 0, N_, "exam", {"unilateral L leg swelling and calf pain, r/o DVT",
+        "R calf tenderness after a long flight", "swollen leg for 3 days, ?DVT"}},
+    {RAD_US_CAROTID, 0, 50, 85, 0, 0, 0, N_, "exam", {"asymptomatic L carotid bruit", "amaurosis fugax R eye, outpatient workup",
+        "pre-op carotid screen before CABG"}},
+    {RAD_US_THYROID, 0, 20, 80, 0, 0, 0, N_, "exam", {"palpable thyroid nodule", "incidental thyroid nodule on CT",
+        "goitre, TI-RADS follow-up"}},
+    {RAD_US_RLQ, 0, 5, 15, RAD_CTX_RLQ, 0, 0, RAD_CT_AP_IV, "exam", {"RLQ pain and fever, ?appy",
+        "periumbilical pain migrating to RLQ, vomiting", "r/o appendicitis, RLQ tenderness"}},
+    {RAD_US_RLQ, 'F', 20, 40, RAD_CTX_RLQ, 0, SC_PREG, RAD_MR_AP, "exam", {"RLQ pain, IUP 14 wks, r/o appendicitis",
+        "pregnant 20 weeks, RLQ pain and fever", NULL}},
+    {RAD_US_AORTA, 'M', 65, 75, 0, 0, 0, N_, "exam", {"AAA screening, ever-smoker", "pulsatile abdominal mass",
+        "known 4.2 cm AAA, surveillance"}},
+    {RAD_XR_CHEST, 0, 20, 90, 0, 0, 0, N_, "exam", {"cough and fever for 4 days, ?pneumonia", "pre-op chest film",
+        "SOB, r/o effusion"}},
+    {RAD_XR_CHEST_PORT, 0, 30, 90, 0, 0, 0, N_, "exam", {"ICU, ETT position check", "new R IJ CVC placement, r/o pneumothorax",
+        "NG tube placement check, bedbound"}},
+    {RAD_XR_ABD, 0, 20, 90, 0, 0, 0, N_, "exam", {"constipation and abdominal distension", "swallowed a coin, foreign body",
+        "feeding tube position"}},
+    {RAD_XR_ANKLE, 0, 15, 80, 0, 0, 0, N_, "exam", {"inversion injury, lateral malleolar tenderness, unable to bear weight",
+        "twisted ankle, bony tenderness at the posterior malleolus", "ankle swelling after a fall, cannot walk 4 steps"}},
+    {RAD_XR_HIP, 0, 65, 95, 0, 0, 0, RAD_MR_HIP, "exam", {"elderly fall, R hip pain, shortened externally rotated leg",
+        "hip OA, pre-arthroplasty", "cannot bear weight after a fall"}},
+    {RAD_XR_KNEE, 0, 20, 85, 0, 0, 0, N_, "exam", {"knee effusion after a fall, bony tenderness", "chronic knee pain, ?OA",
+        "anterior knee pain, patellar tenderness"}},
+    {RAD_NM_BONE, 'M', 55, 85, 0, 0, 0, RAD_PET_PSMA, "exam", {"prostate cancer Gleason 8, PSA 40, staging",
+        "prostate ca with new bone pain", NULL}},
+    {RAD_NM_BONE, 'F', 40, 80, 0, 0, 0, N_, "exam", {"breast cancer, new bone pain, high ALP", "osteoblastic mets suspected",
+        NULL}},
+    {RAD_NM_VQ, 0, 30, 85, 0, 0, 0, N_, "exam", {"CTEPH evaluation, chronic dyspnea", "suspected PE, clear CXR today",
+        NULL}},
+    {RAD_NM_HIDA, 0, 25, 80, RAD_CTX_RUQ, 0, 0, N_, "exam", {"equivocal US for acute cholecystitis",
+        "post-cholecystectomy, ?bile leak", "biliary dyskinesia, GB ejection fraction"}},
+    {RAD_NM_MPI, 0, 50, 85, 0, 0, 0, N_, "exam", {"chest pain, known CAD with prior PCI",
+        "cannot exercise, regadenoson stress, pre-op risk", "LBBB, exertional chest pain"}},
+    {RAD_NM_THYROID, 0, 25, 75, 0, 0, 0, RAD_US_THYROID, "exam", {"low TSH, high FT4, Graves vs toxic nodule",
+        "hyperthyroidism, pre-RAI dosing", "thyroiditis vs Graves"}},
+    {RAD_PET_FDG, 0, 30, 85, 0, 0, 0, N_, "exam", {"newly diagnosed lung adenocarcinoma, staging",
+        "Hodgkin lymphoma, interim response", "rising CEA, colon ca surveillance"}},
+    {RAD_PET_FDG_WB, 0, 30, 85, 0, 0, 0, N_, "exam", {"melanoma of the foot, staging", "multiple myeloma, whole-body survey",
+        "extremity sarcoma, staging"}},
+    {RAD_PET_PSMA, 'M', 55, 85, 0, 0, 0, RAD_NM_BONE, "exam", {"rising PSA after prostatectomy",
+        "high-risk prostate cancer staging", "Lu-177 PSMA therapy candidacy"}},
+
+    // vague orders and orders outside the catalogue -> REVIEW
+    {RAD_REVIEW, 0, 20, 85, 0, 0, 0, N_, "vague", {"pain, eval", "ICD-10 R10.9", "r/o pathology"}},
+    {RAD_REVIEW, 0, 20, 85, 0, 0, 0, N_, "vague", {"abnormal labs, please image", "follow up",
+        "imaging as per consultant"}},
+    {RAD_REVIEW, 0, 20, 70, 0, 0, 0, N_, "outside", {"MR arthrogram R shoulder, ?labral tear",
+        "CT temporal bone, conductive hearing loss, ?cholesteatoma", "CT enterography, Crohn disease activity"}},
+    {RAD_REVIEW, 'F', 40, 75, 0, 0, 0, N_, "outside", {"screening mammogram", "breast US for palpable lump",
+        "barium swallow under fluoroscopy, dysphagia"}},
+    {RAD_REVIEW, 0, 20, 70, 0, 0, 0, N_, "outside", {"cardiac MRI, ?myocarditis", "CT venogram, ?venous sinus thrombosis",
+        "fluoroscopic guided joint injection"}},
+    // decision rule negative -> REVIEW with not_indicated
+    {RAD_CT_CSPINE, 0, 18, 60, 0, RAD_RULE_CSPINE, SC_NOMODS, N_, "rule_negative", {"low-speed MVC, neck pain, NEXUS negative",
+        "neck stiffness after rear-end collision, Canadian C-spine rule negative", NULL}},
+    {RAD_XR_ANKLE, 0, 18, 60, 0, RAD_RULE_ANKLE, SC_NOMODS, N_, "rule_negative", {"ankle sprain, Ottawa ankle rules negative",
+        "rolled ankle, walking, Ottawa negative", NULL}},
+    {RAD_XR_KNEE, 0, 18, 60, 0, RAD_RULE_KNEE, SC_NOMODS, N_, "rule_negative", {"knee twist, Ottawa knee rule negative",
+        "minor knee bump, Ottawa knee negative", NULL}},
+    {RAD_CTA_PE, 0, 20, 49, 0, RAD_RULE_PE, SC_NOMODS, N_, "rule_negative", {"pleuritic CP, Wells 1, D-dimer negative",
+        "chest tightness, low pretest probability, D-dimer <0.5", NULL}},
+    {RAD_MR_LSPINE, 0, 20, 55, 0, RAD_RULE_LBP, SC_NOMODS, N_, "rule_negative", {"low back pain for 2 wks, no red flags",
+        "acute LBP after lifting, no red flags", NULL}},
+    {RAD_CT_HEAD, 0, 20, 55, 0, RAD_RULE_HEADACHE, SC_NOMODS, N_, "rule_negative", {"typical migraine, normal neuro exam",
+        "recurrent migraine, neuro exam normal", NULL}},
+    {RAD_CT_SINUS, 0, 20, 60, 0, RAD_RULE_SINUS, SC_NOMODS, N_, "rule_negative", {"uncomplicated acute sinusitis for 5 days",
+        "uncomplicated sinusitis, first episode", NULL}},
+};
+#undef N_
+#define RG_NSCEN ((int)(sizeof rg_scens / sizeof rg_scens[0]))
+
+// ---------------------------------------------------------------------------------------------------------------
+// Modifiers: each writes a phrase and sets the facts it states.
+
+typedef struct rg_note {
+    rad_facts f;                // the generator's facts (gold)
+    const char *age_phrase_style;
+    char mods[12][160];         // modifier phrases
+    int nmods;
+    char meds[200];
+    char allergy[160];          // allergy line (may be empty)
+} rg_note;
+
+static void add_mod(rg_note *n, const char *fmt, ...) {
+    va_list ap;
+    if (n->nmods >= 12) return;
+    va_start(ap, fmt);
+    vsnprintf(n->mods[n->nmods], sizeof n->mods[0], fmt, ap);
+    va_end(ap);
+    n->nmods++;
+}
+
+static const char *const rg_meds_other[] = {"atorvastatin", "amlodipine", "omeprazole", "levothyroxine", "sertraline",
+                                            "metoprolol", "pantoprazole", "vitamin D", "paracetamol prn", "tamsulosin",
+                                            "allopurinol", "furosemide", "salbutamol inhaler", "gabapentin"};
+
+static void gen_renal(rg_rng *r, rg_note *n) {
+    rad_facts *f = &n->f;
+    int p = rg_int(r, 0, 99);
+    if (p < 50) return;
+    if (p < 62) {
+        int v = rg_int(r, 62, 110);
+        f->egfr = (float)v;
+        switch (rg_int(r, 0, 2)) {
+        case 0: add_mod(n, "eGFR %d", v); break;
+        case 1: add_mod(n, "GFR %d mL/min", v); break;
+        default: f->egfr = 61.0f; add_mod(n, "eGFR >60"); break;
+        }
+    } else if (p < 70) {
+        int v = rg_int(r, 6, 10);
+        f->creat = (float)v / 10.0f;
+        if (rg_pct(r, 50)) add_mod(n, "Cr 0.%d", v == 10 ? 9 : v), f->creat = (float)(v == 10 ? 9 : v) / 10.0f;
+        else add_mod(n, "creatinine %d.%d mg/dL", v / 10, v % 10);
+    } else if (p < 76) {
+        int v = rg_int(r, 55, 88);
+        f->creat = (float)v / 88.4f;
+        add_mod(n, rg_pct(r, 50) ? "creat %d umol/L" : "Cr %d \xC2\xB5mol/L", v);
+    } else if (p < 82) {
+        int v = rg_int(r, 12, 29);
+        f->egfr = (float)v;
+        switch (rg_int(r, 0, 2)) {
+        case 0: add_mod(n, "eGFR %d", v); break;
+        case 1: add_mod(n, "eGFR %d, not on dialysis", v); break;
+        default: f->egfr = 29.9f; add_mod(n, "GFR<30"); break;
+        }
+    } else if (p < 85) {
+        int v = rg_int(r, 31, 44);
+        f->egfr = (float)v;
+        add_mod(n, "eGFR %d", v);
+    } else if (p < 89) {
+        int v = rg_int(r, 21, 39);
+        f->creat = (float)v / 10.0f;
+        add_mod(n, rg_pct(r, 50) ? "Cr %d.%d" : "creat %d.%d mg/dL", v / 10, v % 10);
+    } else if (p < 92) {
+        int v = rg_int(r, 186, 350);
+        f->creat = (float)v / 88.4f;
+        add_mod(n, rg_pct(r, 50) ? "creat %d umol/L" : "creatinine %d \xC2\xB5mol/L", v);
+    } else if (p < 95) {
+        f->aki = 1;
+        if (rg_pct(r, 50)) {
+            int a = rg_int(r, 7, 10), b = rg_int(r, 16, 28);
+            f->creat = (float)b / 10.0f;
+            add_mod(n, "AKI, Cr %d.%d -> %d.%d", a / 10, a % 10, b / 10, b % 10);
+        } else {
+            add_mod(n, "AKI this admission");
+        }
+    } else if (p < 97) {
+        f->ckd_stage = 5;
+        f->dialysis = RAD_DIALYSIS_ANURIC;
+        add_mod(n, rg_pct(r, 50) ? "ESRD on HD, anuric" : "ESRD on hemodialysis MWF, anuric");
+    } else if (p < 99) {
+        f->dialysis = RAD_DIALYSIS_RESIDUAL;
+        add_mod(n, "on hemodialysis, still makes urine");
+    } else {
+        f->ckd_stage = 4;
+        add_mod(n, "CKD stage 4");
+    }
+}
+
+// Allergy line: contrast reactions, negations, distractors.
+static void gen_allergy(rg_rng *r, rg_note *n) {
+    rad_facts *f = &n->f;
+    int p = rg_int(r, 0, 99);
+    n->allergy[0] = 0;
+    if (p < 30) return;
+    if (p < 45) { snprintf(n->allergy, sizeof n->allergy, "NKDA"); return; }
+    if (p < 53) {
+        static const char *const neg[] = {"no contrast allergy", "no known contrast allergy",
+                                          "no h/o contrast reaction", "no prior reaction to IV contrast"};
+        snprintf(n->allergy, sizeof n->allergy, "%s", RG_PICK(r, neg));
+        return;
+    }
+    if (p < 62) {
+        static const char *const dis[] = {"shellfish allergy", "allergic to iodine (betadine rash)",
+                                          "Allergies: shellfish, penicillin", "seafood allergy", "PCN allergy (rash)",
+                                          "allergic to sulfa"};
+        snprintf(n->allergy, sizeof n->allergy, "%s", RG_PICK(r, dis));
+        return;
+    }
+    if (p < 74) {
+        static const char *const mild[] = {"IV contrast allergy (hives)", "prior iodinated contrast reaction: itching",
+                                           "CT dye -> rash 2015", "hives after CT contrast in 2018"};
+        f->reaction[RAD_CLASS_IOD] = RAD_REACT_MILD;
+        snprintf(n->allergy, sizeof n->allergy, "%s", RG_PICK(r, mild));
+    } else if (p < 86) {
+        static const char *const sev[] = {"anaphylaxis to IV contrast 2019", "iodinated contrast: bronchospasm",
+                                          "severe reaction to CT contrast (laryngeal edema)",
+                                          "IV contrast -> hypotension and wheeze"};
+        f->reaction[RAD_CLASS_IOD] = RAD_REACT_SEVERE;
+        snprintf(n->allergy, sizeof n->allergy, "%s", RG_PICK(r, sev));
+    } else if (p < 91) {
+        static const char *const unk[] = {"allergic to IV contrast", "Allergies: iodinated contrast"};
+        f->reaction[RAD_CLASS_IOD] = RAD_REACT_UNKNOWN;
+        snprintf(n->allergy, sizeof n->allergy, "%s", RG_PICK(r, unk));
+    } else if (p < 95) {
+        static const char *const gm[] = {"gadolinium allergy (hives)", "MRI contrast reaction: itching"};
+        f->reaction[RAD_CLASS_GAD] = RAD_REACT_MILD;
+        snprintf(n->allergy, sizeof n->allergy, "%s", RG_PICK(r, gm));
+    } else {
+        static const char *const gs[] = {"anaphylaxis to gadolinium", "MRI contrast reaction: throat swelling"};
+        f->reaction[RAD_CLASS_GAD] = RAD_REACT_SEVERE;
+        snprintf(n->allergy, sizeof n->allergy, "%s", RG_PICK(r, gs));
+    }
+}
+
+static void gen_pregnancy(rg_rng *r, rg_note *n) {
+    rad_facts *f = &n->f;
+    int p = rg_int(r, 0, 99);
+    if (p < 45) return;
+    if (p < 72) {
+        static const char *const neg[] = {"hCG neg", "denies pregnancy", "not pregnant", "urine pregnancy test negative",
+                                          "beta-hCG negative"};
+        f->pregnant = -1;
+        add_mod(n, "%s", RG_PICK(r, neg));
+        return;
+    }
+    f->pregnant = 1;
+    switch (rg_int(r, 0, 4)) {
+    case 0: add_mod(n, "%d wks pregnant", rg_int(r, 6, 32)); break;
+    case 1: add_mod(n, "IUP %d wks", rg_int(r, 6, 30)); break;
+    case 2: add_mod(n, "beta-hCG positive"); break;
+    case 3: add_mod(n, "G2P1, currently %d weeks gestation", rg_int(r, 8, 34)); break;
+    default: add_mod(n, "LMP %d wks ago", rg_int(r, 6, 10)); break;
+    }
+}
+
+static void gen_implant(rg_rng *r, rg_note *n) {
+    rad_facts *f = &n->f;
+    int p = rg_int(r, 0, 99);
+    if (p < 80) return;
+    if (p < 86) {
+        static const char *const unk[] = {"PPM in situ", "pacemaker, MR status unknown", "AICD", "DBS for Parkinson",
+                                          "cochlear implant", "aneurysm clip 2009"};
+        f->implant = RAD_IMPLANT_UNKNOWN;
+        add_mod(n, "%s", RG_PICK(r, unk));
+    } else if (p < 89) {
+        static const char *const uns[] = {"legacy pacemaker, not MR conditional", "metal in eye (welder)",
+                                          "abandoned pacer leads"};
+        f->implant = RAD_IMPLANT_UNSAFE;
+        add_mod(n, "%s", RG_PICK(r, uns));
+    } else if (p < 92) {
+        f->implant = RAD_IMPLANT_CONDITIONAL;
+        add_mod(n, rg_pct(r, 50) ? "MR conditional pacemaker" : "MRI conditional ICD");
+    } else if (p < 96) {
+        static const char *const rem[] = {"pacemaker removed 2018", "ICD explanted last year", "no pacemaker"};
+        add_mod(n, "%s", RG_PICK(r, rem));
+    } else {
+        static const char *const oth[] = {"ORIF L tibia", "s/p TKA", "hip replacement 2012"};
+        add_mod(n, "%s", RG_PICK(r, oth));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Styles (template ids). split: 0 train, 1 val, 2 test.
+
+enum { ST_TERSE, ST_EHR, ST_LETTER, ST_CAPS, ST_SBAR, ST_TRIAGE, ST_BULLET, ST_NARR, ST_QUESTION, ST_HANDOVER,
+       ST_COMMENT, ST_CLINIC, ST_COUNT };
+static const char *const rg_style_name[ST_COUNT] = {"terse", "ehr_fields", "referral_letter", "all_caps", "sbar",
+                                                    "ed_triage", "bullets", "narrative", "clinical_question",
+                                                    "ward_handover", "order_comment", "clinic_referral"};
+static const int rg_style_split[ST_COUNT] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2};
+
+static const char *sex_word(char sex, int age, int kind) {
+    if (kind == 0) return sex == 'F' ? "F" : "M";
+    if (kind == 1) return sex == 'F' ? "female" : "male";
+    if (age < 16) return sex == 'F' ? "girl" : "boy";
+    return sex == 'F' ? "woman" : "man";
+}
+
+static void join_list(rg_sb *b, char items[][160], int n, const char *sep) {
+    for (int i = 0; i < n; i++) {
+        if (i) sb_put(b, sep);
+        sb_put(b, items[i]);
+    }
+}
+
+static void cap_first(char *s) { if (s[0] >= 'a' && s[0] <= 'z') s[0] = (char)(s[0] - 32); }
+
+// Writes the note for one style. ind: the indication phrase; mods, meds, allergy from n.
+static void render(rg_rng *r, int style, const rad_facts *f, const char *ind, rg_note *n, rg_sb *b) {
+    char sx = f->sex;
+    int age = f->age;
+    char items[16][160];
+    int ni = 0;
+    for (int i = 0; i < n->nmods; i++) snprintf(items[ni++], 160, "%s", n->mods[i]);
+    if (n->allergy[0]) snprintf(items[ni++], 160, "%s", n->allergy);
+    // facts in any order
+    for (int i = ni - 1; i > 0; i--) {
+        int j = rg_int(r, 0, i);
+        char t[160];
+        memcpy(t, items[i], 160); memcpy(items[i], items[j], 160); memcpy(items[j], t, 160);
+    }
+    char indc[200];
+    snprintf(indc, sizeof indc, "%s", ind);
+    sb_clear(b);
+    switch (style) {
+    case ST_TERSE:
+    case ST_CAPS:
+        sb_printf(b, "%d%s %s. ", age, sex_word(sx, age, 0), indc);
+        join_list(b, items, ni, ". ");
+        if (ni) sb_put(b, ".");
+        if (n->meds[0]) sb_printf(b, " Meds: %s.", n->meds);
+        if (style == ST_CAPS) for (size_t i = 0; i < b->n; i++) if (b->s[i] >= 'a' && b->s[i] <= 'z') b->s[i] = (char)(b->s[i] - 32);
+        break;
+    case ST_EHR: {
+        sb_printf(b, "Reason for exam: %s | Age/Sex: %d/%s", indc, age, sex_word(sx, age, 0));
+        if (ni) { sb_put(b, " | Hx: "); join_list(b, items, ni, "; "); }
+        if (n->meds[0]) sb_printf(b, " | Meds: %s", n->meds);
+        break;
+    }
+    case ST_LETTER: {
+        cap_first(indc);
+        sb_printf(b, "Dear colleague, I would be grateful if you could arrange imaging for this %d-year-old %s. %s.",
+                  age, sex_word(sx, age, 2), indc);
+        if (ni) { sb_put(b, " Relevant background: "); join_list(b, items, ni, "; "); sb_put(b, "."); }
+        if (n->meds[0]) sb_printf(b, " Current medication: %s.", n->meds);
+        sb_put(b, " Many thanks for your help. Kind regards, Dr M.");
+        break;
+    }
+    case ST_SBAR:
+        sb_printf(b, "S: %d yo %s, %s.\nB: ", age, sex_word(sx, age, 1), indc);
+        if (ni) join_list(b, items, ni, "; "); else sb_put(b, "nil relevant");
+        if (n->meds[0]) sb_printf(b, "; meds %s", n->meds);
+        sb_put(b, ".\nA: needs imaging.\nR: please protocol.");
+        break;
+    case ST_TRIAGE:
+        sb_printf(b, "ED triage - %d y/o %s. CC: %s.", age, sex_word(sx, age, 1), indc);
+        if (ni) { sb_put(b, " Notes: "); join_list(b, items, ni, ". "); sb_put(b, "."); }
+        if (n->meds[0]) sb_printf(b, " Home meds: %s.", n->meds);
+        break;
+    case ST_BULLET:
+        sb_printf(b, "- %d yo %s\n- %s", age, sex_word(sx, age, 0), indc);
+        for (int i = 0; i < ni; i++) sb_printf(b, "\n- %s", items[i]);
+        if (n->meds[0]) sb_printf(b, "\n- meds: %s", n->meds);
+        break;
+    case ST_NARR:
+        sb_printf(b, "Patient is a %d-year-old %s. Presenting with %s.", age, sex_word(sx, age, 1), indc);
+        if (ni) { sb_put(b, " Other: "); join_list(b, items, ni, ". "); sb_put(b, "."); }
+        if (n->meds[0]) sb_printf(b, " Takes %s.", n->meds);
+        sb_put(b, " Please evaluate.");
+        break;
+    case ST_QUESTION:
+        sb_printf(b, "Clinical question: %s? Pt %d%s.", indc, age, sex_word(sx, age, 0));
+        if (ni) { sb_put(b, " Background: "); join_list(b, items, ni, "; "); sb_put(b, "."); }
+        if (n->meds[0]) sb_printf(b, " Rx: %s.", n->meds);
+        break;
+    case ST_HANDOVER:
+        sb_printf(b, "Ward handover, bed 12: %d yo %s. Issue: %s.", age, sex_word(sx, age, 1), indc);
+        if (ni) { sb_put(b, "\n"); join_list(b, items, ni, "\n"); }
+        if (n->meds[0]) sb_printf(b, "\nOn: %s", n->meds);
+        sb_put(b, "\nScan today please.");
+        break;
+    case ST_COMMENT:
+        sb_printf(b, "Order comment: %s (%d %s)", indc, age, sex_word(sx, age, 0));
+        if (ni) { sb_put(b, ". "); join_list(b, items, ni, " | "); }
+        if (n->meds[0]) sb_printf(b, ". Med list: %s", n->meds);
+        break;
+    default: // ST_CLINIC
+        cap_first(indc);
+        sb_printf(b, "Outpatient clinic referral. Age %d, sex %s. Indication: %s.", age, sex_word(sx, age, 1), indc);
+        if (ni) { sb_put(b, " Relevant: "); join_list(b, items, ni, ", "); sb_put(b, "."); }
+        if (n->meds[0]) sb_printf(b, " Medications: %s.", n->meds);
+        break;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Typos: a few character edits in words of 4+ letters that carry no cue (rad_cue_mask), kept only when the
+// extracted facts do not change.
+
+static int facts_equal(const rad_facts *a, const rad_facts *b) {
+    return a->age == b->age && a->sex == b->sex && a->egfr == b->egfr && a->creat == b->creat && a->aki == b->aki &&
+           a->dialysis == b->dialysis && a->ckd_stage == b->ckd_stage && a->reaction[0] == b->reaction[0] &&
+           a->reaction[1] == b->reaction[1] && a->pregnant == b->pregnant && a->breastfeeding == b->breastfeeding &&
+           a->implant == b->implant && a->anticoag == b->anticoag && a->incomplete == b->incomplete &&
+           a->renal_risk == b->renal_risk && a->rule_negative == b->rule_negative && a->context == b->context;
+}
+
+static void add_typos(rg_rng *r, rg_sb *b) {
+    static unsigned char mask[RG_CAP];
+    rad_facts f0, f1;
+    rad_extract(b->s, b->n, &f0);
+    rad_cue_mask(b->s, b->n, mask);
+    int want = rg_int(r, 0, 3);
+    if (!want) return;
+    for (int attempt = 0; attempt < 4; attempt++) {
+        rg_sb t = *b;
+        int done = 0;
+        for (int tries = 0; tries < 40 && done < want; tries++) {
+            size_t i = (size_t)rg_u32(r) % t.n, a = i, e = i;
+            int c = (unsigned char)t.s[i];
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) continue;
+            while (a > 0 && ((t.s[a - 1] | 32) >= 'a' && (t.s[a - 1] | 32) <= 'z')) a--;
+            while (e < t.n && ((t.s[e] | 32) >= 'a' && (t.s[e] | 32) <= 'z')) e++;
+            if (e - a < 4 || i == a) continue;
+            int masked = 0;
+            for (size_t q = a; q < e; q++) masked |= mask[q];
+            if (masked) continue;
+            int op = rg_int(r, 0, 2);
+            if (op == 0 && i + 1 < e) { char x = t.s[i]; t.s[i] = t.s[i + 1]; t.s[i + 1] = x; }
+            else if (op == 1) { memmove(t.s + i, t.s + i + 1, t.n - i); t.n--; memmove(mask + i, mask + i + 1, t.n - i); }
+            else if (t.n + 1 < RG_CAP) { memmove(t.s + i + 1, t.s + i, t.n - i + 1); t.n++; memmove(mask + i + 1, mask + i, t.n - i - 1); }
+            done++;
+        }
+        rad_extract(t.s, t.n, &f1);
+        if (facts_equal(&f0, &f1)) { *b = t; return; }
+        rad_cue_mask(b->s, b->n, mask);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One record
+
+typedef struct rg_rec {
+    char id[32];
+    rg_sb note;
+    int label, base;
+    unsigned flags;
+    int style;
+    int acc[4], nacc;
+    rad_facts gold;
+} rg_rec;
+
+static int word_count(const char *s) {
+    int w = 0, in = 0;
+    for (; *s; s++) {
+        int sp = *s == ' ' || *s == '\n' || *s == '\t';
+        if (!sp && !in) w++;
+        in = !sp;
+    }
+    return w;
+}
+
+static void make_record(rg_rng *r, const rg_scen *sc, int style, rg_rec *out) {
+    rg_note n;
+    memset(&n, 0, sizeof n);
+    rad_facts *f = &n.f;
+    rad_facts_clear(f);
+    f->sex = sc->sex ? sc->sex : (rg_pct(r, 50) ? 'F' : 'M');
+    f->age = rg_int(r, sc->amin, sc->amax);
+    f->context = sc->ctx;
+    f->rule_negative = sc->rule;
+    if (sc->tags & SC_ANTICOAG) f->anticoag = 1;
+    if (sc->tags & SC_PREG) f->pregnant = 1;
+    if (sc->tags & SC_NOTPREG) f->pregnant = -1;
+    if (sc->tags & SC_AKI) f->aki = 1;
+    int nind = sc->ind[2] ? 3 : sc->ind[1] ? 2 : 1;
+    const char *ind = sc->ind[rg_int(r, 0, nind - 1)];
+    if (!(sc->tags & SC_NOMODS) || rg_pct(r, 30)) {
+        if (!(sc->tags & SC_AKI) && rg_pct(r, 75)) gen_renal(r, &n);
+        gen_allergy(r, &n);
+        if (f->sex == 'F' && f->age >= 15 && f->age <= 45 && !(sc->tags & (SC_PREG | SC_NOTPREG))) gen_pregnancy(r, &n);
+        gen_implant(r, &n);
+        if (!(sc->tags & SC_ANTICOAG) && !(sc->rule & RAD_RULE_HEAD) && rg_pct(r, 10)) {
+            static const char *const ac[] = {"on apixaban", "warfarin, INR 2.4", "takes Eliquis", "on rivaroxaban"};
+            f->anticoag = 1;
+            add_mod(&n, "%s", RG_PICK(r, ac));
+        }
+        if (rg_pct(r, 25)) {
+            static const char *const rk[] = {"DM2 on metformin", "HTN", "metformin", "solitary kidney", "T2DM, HTN"};
+            static const unsigned rv[] = {RAD_RISK_DM | RAD_RISK_METFORMIN, RAD_RISK_HTN, RAD_RISK_METFORMIN,
+                                          RAD_RISK_SINGLE_KIDNEY, RAD_RISK_DM | RAD_RISK_HTN};
+            int k = rg_int(r, 0, 4);
+            f->renal_risk |= rv[k];
+            add_mod(&n, "%s", rk[k]);
+        }
+        if (f->sex == 'F' && f->age >= 20 && f->age <= 40 && f->pregnant <= 0 && rg_pct(r, 3)) {
+            f->breastfeeding = 1;
+            add_mod(&n, "breastfeeding");
+        }
+    }
+    if (rg_pct(r, 40)) {
+        // irrelevant history: words the extractor does not read
+        static const char *const fill[] = {
+            "PMHx GERD and hypothyroidism", "lives alone, independent with ADLs", "ex-smoker, quit in her forties",
+            "asthma as a child", "seen in clinic last month for the same complaint", "BP 138/82, afebrile today",
+            "works as a teacher", "known osteoarthritis of both hands", "tonsillectomy as a teenager",
+            "family history of colon polyps", "vaccinations up to date", "recent travel to Spain",
+            "previous imaging at another hospital, report not available", "hearing aid, needs interpreter"};
+        int k = rg_int(r, 1, 3);
+        for (int i = 0; i < k; i++) add_mod(&n, "%s", RG_PICK(r, fill));
+    }
+    if (rg_pct(r, 45)) {
+        int k = rg_int(r, 1, 3);
+        n.meds[0] = 0;
+        for (int i = 0; i < k; i++) {
+            const char *m = RG_PICK(r, rg_meds_other);
+            if (strstr(n.meds, m)) continue;
+            if (n.meds[0]) strcat(n.meds, ", ");
+            strcat(n.meds, m);
+        }
+    }
+    if (f->sex == 'M') f->pregnant = 0;
+    render(r, style, f, ind, &n, &out->note);
+    if (word_count(out->note.s) < 8) sb_put(&out->note, style == ST_CAPS ? " PLEASE ADVISE ON IMAGING." : " Please advise on imaging.");
+    if (rg_pct(r, 60)) add_typos(r, &out->note);
+
+    rad_decision d;
+    rad_safety_check_index(f, sc->label, &d);
+    out->gold = *f;
+    out->base = sc->label;
+    out->label = d.label;
+    out->flags = d.flags;
+    out->style = style;
+    out->nacc = 0;
+    out->acc[out->nacc++] = d.label;
+    // acceptable alternatives: the scenario's, and REVIEW when the check switched the label; each must pass the
+    // check unchanged
+    int cand[2] = {sc->alt, d.label != sc->label ? RAD_REVIEW : -1};
+    for (int k = 0; k < 2; k++) {
+        int a = cand[k];
+        if (a < 0 || a == d.label) continue;
+        rad_decision e;
+        rad_safety_check_index(f, a, &e);
+        if (e.label == a) out->acc[out->nacc++] = a;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// JSON output
+
+static void json_str(FILE *fp, const char *s) {
+    fputc('"', fp);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') { fputc('\\', fp); fputc(c, fp); }
+        else if (c == '\n') fputs("\\n", fp);
+        else if (c == '\t') fputs("\\t", fp);
+        else if (c < 0x20) fprintf(fp, "\\u%04x", c);
+        else fputc(c, fp);
+    }
+    fputc('"', fp);
+}
+
+static void write_record(FILE *fp, const rg_rec *rc, int labeled) {
+    fputs("{\"id\": ", fp);
+    json_str(fp, rc->id);
+    fputs(", \"note\": ", fp);
+    json_str(fp, rc->note.s);
+    if (labeled) {
+        fputs(", \"label\": ", fp);
+        json_str(fp, rad_label_name(rc->label));
+        fputs(", \"flags\": [", fp);
+        int first = 1;
+        for (int k = 0; k < RAD_NUM_FLAGS; k++)
+            if (rc->flags >> k & 1u) {
+                if (!first) fputs(", ", fp);
+                json_str(fp, rad_flag_name(1u << k));
+                first = 0;
+            }
+        fputs("], \"template\": ", fp);
+        json_str(fp, rg_style_name[rc->style]);
+        fputs(", \"acceptable\": [", fp);
+        for (int k = 0; k < rc->nacc; k++) {
+            if (k) fputs(", ", fp);
+            json_str(fp, rad_label_name(rc->acc[k]));
+        }
+        fputs("]", fp);
+    }
+    fputs("}\n", fp);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Splits
+
+typedef struct rg_split { const char *name; int count; int split; } rg_split;
+static const rg_split rg_splits[] = {{"train", 3000, 0}, {"val", 400, 1}, {"test", 600, 2}};
+
+static int styles_of(int split, int *out) {
+    int k = 0;
+    for (int s = 0; s < ST_COUNT; s++) if (rg_style_split[s] == split) out[k++] = s;
+    return k;
+}
+
+// Scenario choice: 85% an exam scenario with its label drawn uniformly (so every label is covered), 15% a REVIEW
+// scenario (vague, outside the catalogue, decision rule negative).
+static const rg_scen *pick_scenario(rg_rng *r, int *turn) {
+    int review = rg_pct(r, 15), idx[RG_NSCEN], k = 0;
+    if (review) {
+        for (int i = 0; i < RG_NSCEN; i++) if (strcmp(rg_scens[i].kind, "exam") != 0) idx[k++] = i;
+        return &rg_scens[idx[rg_u32(r) % (unsigned)k]];
+    }
+    int label = (*turn)++ % RAD_NUM_EXAMS;        // exam labels in turn: equal base counts
+    for (int i = 0; i < RG_NSCEN; i++) if (!strcmp(rg_scens[i].kind, "exam") && rg_scens[i].label == label) idx[k++] = i;
+    return &rg_scens[idx[rg_u32(r) % (unsigned)k]];
+}
+
+// The seed example of the task description, always the first test record.
+static void seed_record(rg_rec *rc) {
+    static const rg_scen s = {RAD_CT_AP_IV, 'F', 67, 67, 0, 0, SC_ANTICOAG, RAD_CTA_AP, "exam", {"", NULL, NULL}};
+    rad_facts f;
+    rad_decision d;
+    rad_facts_clear(&f);
+    f.age = 67; f.sex = 'F'; f.anticoag = 1;
+    memset(rc, 0, sizeof *rc);
+    snprintf(rc->id, sizeof rc->id, "test-seed");
+    sb_clear(&rc->note);
+    sb_put(&rc->note, "67F, 3 d after liver biopsy, on apixaban, Hgb drop, ?bleed");
+    rad_safety_check_index(&f, s.label, &d);
+    rc->gold = f;
+    rc->base = s.label;
+    rc->label = d.label;
+    rc->flags = d.flags;
+    rc->style = ST_COMMENT;
+    rc->acc[0] = d.label;
+    rc->acc[1] = RAD_CTA_AP;
+    rc->nacc = 2;
+}
+
+typedef void (*rg_sink)(void *ctx, const char *split, const rg_rec *rc);
+
+// Generates every split in order; calls sink for each record. Returns 0, or the number of records whose word count
+// is outside 8..150 (a generator bug).
+static int generate(unsigned long long seed, rg_sink sink, void *ctx) {
+    static rg_rec rc;
+    int bad = 0;
+    for (size_t sp = 0; sp < sizeof rg_splits / sizeof rg_splits[0]; sp++) {
+        rg_rng r;
+        int st[ST_COUNT], nst = styles_of(rg_splits[sp].split, st);
+        int turn = 0;
+        rg_seed(&r, seed * 1000003ull + sp);
+        for (int i = 0; i < rg_splits[sp].count; i++) {
+            if (rg_splits[sp].split == 2 && i == 0) {
+                seed_record(&rc);
+            } else {
+                const rg_scen *sc = pick_scenario(&r, &turn);
+                make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], &rc);
+                snprintf(rc.id, sizeof rc.id, "%s-%04d", rg_splits[sp].name, i);
+            }
+            int w = word_count(rc.note.s);
+            if (w < 8 || w > 150) bad++;
+            sink(ctx, rg_splits[sp].name, &rc);
+        }
+    }
+    // sample orders: unlabeled notes in the test styles, from their own stream
+    {
+        rg_rng r;
+        int st[ST_COUNT], nst = styles_of(2, st);
+        int turn = 0;
+        rg_seed(&r, seed * 1000003ull + 99);
+        for (int i = 0; i < 30; i++) {
+            const rg_scen *sc = pick_scenario(&r, &turn);
+            make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], &rc);
+            snprintf(rc.id, sizeof rc.id, "order-%03d", i + 1);
+            sink(ctx, "sample_orders", &rc);
+        }
+    }
+    return bad;
+}
+
+#ifndef RADGEN_NO_MAIN
+
+typedef struct file_sink { FILE *fp[4]; } file_sink;
+static int split_index(const char *name) {
+    if (!strcmp(name, "train")) return 0;
+    if (!strcmp(name, "val")) return 1;
+    if (!strcmp(name, "test")) return 2;
+    return 3;
+}
+static void to_files(void *ctx, const char *split, const rg_rec *rc) {
+    file_sink *s = (file_sink *)ctx;
+    int k = split_index(split);
+    write_record(s->fp[k], rc, k < 3);
+}
+
+// --check: extract the facts back from the text and compare the check's answer with the gold one.
+typedef struct check_sink { int n, bad, per_label[RAD_NUM_LABELS]; } check_sink;
+static void to_check(void *ctx, const char *split, const rg_rec *rc) {
+    check_sink *c = (check_sink *)ctx;
+    rad_facts f;
+    rad_decision d;
+    if (!strcmp(split, "train")) c->per_label[rc->label]++;
+    rad_extract(rc->note.s, rc->note.n, &f);
+    rad_safety_check_index(&f, rc->label, &d);
+    c->n++;
+    if (d.label != rc->label || d.flags != rc->flags) {
+        const rad_facts *g = &rc->gold;
+        c->bad++;
+        fprintf(stderr, "%s: gold %d/%x got %d/%x | age %d/%d sex %c/%c egfr %g/%g cr %g/%g aki %d/%d dia %d/%d "
+                "ckd %d/%d react %d%d/%d%d preg %d/%d bf %d/%d impl %d/%d ac %d/%d risk %x/%x rule %x/%x ctx %x/%x\n",
+                rc->id, rc->label, rc->flags, d.label, d.flags, g->age, f.age, g->sex ? g->sex : '?',
+                f.sex ? f.sex : '?', (double)g->egfr, (double)f.egfr, (double)g->creat, (double)f.creat, g->aki,
+                f.aki, g->dialysis, f.dialysis, g->ckd_stage, f.ckd_stage, g->reaction[0], g->reaction[1],
+                f.reaction[0], f.reaction[1], g->pregnant, f.pregnant, g->breastfeeding, f.breastfeeding, g->implant,
+                f.implant, g->anticoag, f.anticoag, g->renal_risk, f.renal_risk, g->rule_negative, f.rule_negative,
+                g->context, f.context);
+    }
+}
+
+// --corpus N: plain clinical text (notes, report-like sentences, label descriptions), one paragraph a line.
+static void corpus(unsigned long long seed, int count) {
+    static const char *const rep[] = {
+        "No acute intracranial haemorrhage, mass effect or midline shift.",
+        "The appendix is dilated to 11 mm with periappendiceal fat stranding, consistent with acute appendicitis.",
+        "No filling defect in the pulmonary arteries to the subsegmental level.",
+        "A 7 mm obstructing calculus at the left ureterovesical junction with mild hydronephrosis.",
+        "Gallbladder wall thickening and pericholecystic fluid; sonographic Murphy sign positive.",
+        "Compression and Doppler of the left leg veins show no deep vein thrombosis.",
+        "Restricted diffusion in the left MCA territory in keeping with an acute infarct.",
+        "Complete tear of the supraspinatus tendon with 2 cm retraction.",
+        "Lungs are clear; no pleural effusion or pneumothorax. Heart size is normal.",
+        "Intrauterine gestational sac with yolk sac and fetal pole; cardiac activity present.",
+        "FDG-avid right hilar node, SUVmax 9.4, suspicious for nodal metastasis.",
+        "Multilevel degenerative change with moderate foraminal narrowing at L4-5.",
+        "Protocol changed to non-contrast study because of renal function; radiologist informed.",
+        "MRI deferred: pacemaker not MR conditional. CT performed instead.",
+        "Premedication given for prior mild contrast reaction; no reaction this time."};
+    rg_rng r;
+    static rg_rec rc;
+    int turn = 0;
+    rg_seed(&r, seed * 7919ull + 5);
+    for (int i = 0; i < count; i++) {
+        int k = rg_int(&r, 0, 9);
+        if (k < 6) {
+            const rg_scen *sc = pick_scenario(&r, &turn);
+            make_record(&r, sc, rg_int(&r, 0, ST_COUNT - 1), &rc);
+            for (char *p = rc.note.s; *p; p++) if (*p == '\n') *p = ' ';
+            puts(rc.note.s);
+        } else if (k < 9) {
+            puts(RG_PICK(&r, rep));
+        } else {
+            int l = rg_int(&r, 0, RAD_NUM_EXAMS - 1);
+            const rad_label_info *L = rad_label(l);
+            printf("%s: %s. Modality %s, region %s.\n", L->name, L->desc, L->modality, L->region);
+        }
+    }
+}
+
+static void usage(FILE *fp) {
+    fputs("usage: radgen [--seed N] [--out DIR] | --corpus N [--seed N] | --check [--seed N] | --help\n"
+          "  --out DIR     write DIR/train.jsonl (3000), val.jsonl (400), test.jsonl (600), sample_orders.jsonl (30)\n"
+          "  --corpus N    print N lines of unlabeled clinical text (pretraining corpus) to stdout\n"
+          "  --check       generate in memory; report (by id) notes where the facts extracted from the text give a\n"
+          "                different label or flags than the generator's gold; exit 1 if any\n"
+          "  --seed N      seed (default 7)\n"
+          "The committed splits are reproduced exactly by:  build/radgen --seed 7 --out data/\n"
+          "Template ids (styles) per split: train terse, ehr_fields, referral_letter, all_caps, sbar, ed_triage,\n"
+          "bullets, narrative; val clinical_question, ward_handover; test order_comment, clinic_referral.\n",
+          fp);
+}
+
+int main(int argc, char **argv) {
+    unsigned long long seed = 7;
+    const char *out = NULL;
+    int corpus_n = -1, check = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--corpus") && i + 1 < argc) corpus_n = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--check")) check = 1;
+        else { fprintf(stderr, "radgen: unknown argument %d\n", i); usage(stderr); return 2; }
+    }
+    if (corpus_n >= 0) { corpus(seed, corpus_n); return 0; }
+    if (check) {
+        check_sink c;
+        memset(&c, 0, sizeof c);
+        int bad = generate(seed, to_check, &c);
+        fprintf(stderr, "radgen: %d of %d notes disagree; %d outside 8..150 words\n", c.bad, c.n, bad);
+        for (int l = 0; l < RAD_NUM_LABELS; l++)
+            if (c.per_label[l] < 25) fprintf(stderr, "radgen: train has %d notes of label %d\n", c.per_label[l], l);
+        return c.bad || bad ? 1 : 0;
+    }
+    if (!out) { usage(stderr); return 2; }
+    static const char *const names[4] = {"train.jsonl", "val.jsonl", "test.jsonl", "sample_orders.jsonl"};
+    file_sink s;
+    char path[4][1024], tmp[4][1100];
+    for (int k = 0; k < 4; k++) {
+        snprintf(path[k], sizeof path[k], "%s/%s", out, names[k]);
+        snprintf(tmp[k], sizeof tmp[k], "%s.tmp", path[k]);
+        s.fp[k] = fopen(tmp[k], "wb");
+        if (!s.fp[k]) { fprintf(stderr, "radgen: cannot write %s\n", tmp[k]); return 1; }
+    }
+    int bad = generate(seed, to_files, &s);
+    for (int k = 0; k < 4; k++) {
+        if (fclose(s.fp[k]) != 0 || rename(tmp[k], path[k]) != 0) {
+            fprintf(stderr, "radgen: cannot write %s\n", path[k]);
+            return 1;
+        }
+    }
+    if (bad) fprintf(stderr, "radgen: warning: %d notes outside 8..150 words\n", bad);
+    return 0;
+}
+#endif // RADGEN_NO_MAIN
