@@ -35,7 +35,7 @@ B=${QLORA_BUILD_DIR:-build}
 # Debian 12 packages. PKGS is everything `./build.sh test` uses: extend it here. PKGS_BUILD is the subset that
 # building and running the demo and the benchmarks needs.
 PKGS="gcc g++ clang libclang-rt-14-dev libomp-dev libopenblas-dev python3-torch python3-numpy \
-python3-sentencepiece sentencepiece libstb-dev \
+python3-sentencepiece python3-yaml sentencepiece libstb-dev \
 mesa-vulkan-drivers libvulkan-dev vulkan-validationlayers glslc spirv-tools"
 PKGS_BUILD="gcc libopenblas-dev libstb-dev"
 
