@@ -9952,50 +9952,33 @@ static qlora_status qlora__pager_seek(qlora_pager *p, int64_t page, qlora_error 
     return QLORA_OK;
 }
 
-static qlora_status qlora__pager_write(qlora_pager *p, int64_t page, const uint8_t *buf, qlora_error *err) {
-    p->page_outs++;
-    if (p->store.write) return p->store.write(p->store.user, page, buf, p->page_bytes, err);
+// Moves one page between buf and the store: writing = 1 stores buf, 0 fills buf. The default store
+// opens its temp file on the first write; a page is only read after it was written.
+static qlora_status qlora__pager_io(qlora_pager *p, int64_t page, uint8_t *buf, int writing, qlora_error *err) {
+    const char *verb = writing ? "writing" : "reading", *prep = writing ? "to" : "from";
+    if (writing) p->page_outs++;
+    else p->page_ins++;
+    if (writing && p->store.write) return p->store.write(p->store.user, page, buf, p->page_bytes, err);
+    if (!writing && p->store.read) return p->store.read(p->store.user, page, buf, p->page_bytes, err);
     qlora_status st = QLORA_OK;
-    if (p->fd < 0 && !p->fp) st = qlora__pager_file_open(p, err);
+    if (writing && p->fd < 0 && !p->fp) st = qlora__pager_file_open(p, err);
     if (st == QLORA_OK) st = qlora__pager_seek(p, page, err);
     if (st != QLORA_OK) return st;
     size_t left = (size_t)p->page_bytes;
 #ifdef QLORA__POSIX
     while (left > 0) {
-        ssize_t k = write(p->fd, buf, left);
+        ssize_t k = writing ? write(p->fd, buf, left) : read(p->fd, buf, left);
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0)
-            return qlora__fail(err, QLORA_ERR_IO, "pager: writing page %lld to %s failed: %s", (long long)page,
-                               p->file_path, k < 0 ? strerror(errno) : "no progress");
+            return qlora__fail(err, QLORA_ERR_IO, "pager: %s page %lld %s %s failed: %s", verb, (long long)page,
+                               prep, p->file_path, k < 0 ? strerror(errno) : (writing ? "no progress" : "short file"));
         buf += k;
         left -= (size_t)k;
     }
 #else
-    if (fwrite(buf, 1, left, (FILE *)p->fp) != left)
-        return qlora__fail(err, QLORA_ERR_IO, "pager: writing page %lld to %s failed", (long long)page, p->file_path);
-#endif
-    return QLORA_OK;
-}
-
-static qlora_status qlora__pager_read(qlora_pager *p, int64_t page, uint8_t *buf, qlora_error *err) {
-    p->page_ins++;
-    if (p->store.read) return p->store.read(p->store.user, page, buf, p->page_bytes, err);
-    qlora_status st = qlora__pager_seek(p, page, err);
-    if (st != QLORA_OK) return st;
-    size_t left = (size_t)p->page_bytes;
-#ifdef QLORA__POSIX
-    while (left > 0) {
-        ssize_t k = read(p->fd, buf, left);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0)
-            return qlora__fail(err, QLORA_ERR_IO, "pager: reading page %lld from %s failed: %s", (long long)page,
-                               p->file_path, k < 0 ? strerror(errno) : "short file");
-        buf += k;
-        left -= (size_t)k;
-    }
-#else
-    if (fread(buf, 1, left, (FILE *)p->fp) != left)
-        return qlora__fail(err, QLORA_ERR_IO, "pager: reading page %lld from %s failed", (long long)page, p->file_path);
+    if ((writing ? fwrite(buf, 1, left, (FILE *)p->fp) : fread(buf, 1, left, (FILE *)p->fp)) != left)
+        return qlora__fail(err, QLORA_ERR_IO, "pager: %s page %lld %s %s failed", verb, (long long)page, prep,
+                           p->file_path);
 #endif
     return QLORA_OK;
 }
@@ -10082,7 +10065,7 @@ QLORADEF qlora_status qlora_pager_get(qlora_pager *p, int64_t page, int dirty, u
         int64_t old = p->slot_page[s];
         if (old >= 0) {
             if (p->slot_dirty[s]) {
-                qlora_status st = qlora__pager_write(p, old, p->slot_buf[s], err);
+                qlora_status st = qlora__pager_io(p, old, p->slot_buf[s], 1, err);
                 if (st != QLORA_OK) return st;
                 p->page_stored[old] = 1;
             }
@@ -10091,7 +10074,7 @@ QLORADEF qlora_status qlora_pager_get(qlora_pager *p, int64_t page, int dirty, u
         }
         p->slot_dirty[s] = 0;
         if (p->page_stored[page]) {
-            qlora_status st = qlora__pager_read(p, page, p->slot_buf[s], err);
+            qlora_status st = qlora__pager_io(p, page, p->slot_buf[s], 0, err);
             if (st != QLORA_OK) return st;
         } else {
             memset(p->slot_buf[s], 0, (size_t)p->page_bytes);

@@ -48,7 +48,8 @@
 //    - Pregnancy: +1 for "pregnant", "IUP", "x wks gestation", "trimester", "gravid", a positive or numeric
 //      (> 5) hCG, or "LMP n weeks ago" with n >= 5 (possible pregnancy, unless a negative test is stated);
 //      -1 for "hCG neg", "not pregnant", "denies pregnancy", "postmenopausal", "s/p hysterectomy". A positive
-//      statement beats a negative one. G/P notation alone ("G2P1") is obstetric history, not pregnancy.
+//      statement beats a negative one. G/P notation alone ("G2P1") is obstetric history, not pregnancy; G/P with
+//      a gestational age after it ("G1P0 at 29 wks", "G2P1 18/40") is a current pregnancy.
 //      Always 0 for a male patient.
 //    - Implants: PPM/pacemaker/AICD/ICD/CIED/DBS/neurostimulator/cochlear implant/aneurysm clip -> status
 //      unknown unless "MR conditional"/"MRI compatible" (conditional) or "not MR conditional"/"legacy"/"MR
@@ -729,6 +730,8 @@ static const rad__cue rad__cues[] = {
     {"metal in the eye", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
     {"metal in left eye", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
     {"metal in right eye", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
+    {"metal in l eye", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
+    {"metal in r eye", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
     {"metal fragment in*", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
     {"orbital foreign body", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
     {"orbital fb", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
@@ -1492,6 +1495,33 @@ RADDEF float rad_egfr_ckd_epi(float creat, int age, char sex) {
     return (float)e;
 }
 
+// G/P notation followed by a gestational age ("G1P0 at 29 wks", "G2P1, 18w"): a current pregnancy. G/P alone is
+// obstetric history. The age must follow within 16 characters and lie in 4..42 weeks.
+static int rad__gp_with_gestation(const char *s, size_t n) {
+    for (size_t i = 0; i + 3 < n; i++) {
+        if (rad__lc((unsigned char)s[i]) != 'g' || (i > 0 && rad__alnum((unsigned char)s[i - 1]))) continue;
+        size_t j = i + 1;
+        if (!rad__digit((unsigned char)s[j])) continue;
+        while (j < n && rad__digit((unsigned char)s[j])) j++;
+        if (j >= n || rad__lc((unsigned char)s[j]) != 'p' || j + 1 >= n || !rad__digit((unsigned char)s[j + 1]))
+            continue;
+        j++;
+        while (j < n && (rad__digit((unsigned char)s[j]) || s[j] == '-' || s[j] == '/')) j++;
+        for (size_t k = j; k < n && k < j + 16; k++) {
+            if (!rad__digit((unsigned char)s[k]) || rad__digit((unsigned char)s[k - 1])) continue;
+            int wk = 0;
+            size_t e = k;
+            while (e < n && rad__digit((unsigned char)s[e]) && wk < 1000) wk = wk * 10 + (s[e++] - '0');
+            while (e < n && s[e] == ' ') e++;
+            if (wk >= 4 && wk <= 42 && (rad__word_at(s, n, e, "wks") || rad__word_at(s, n, e, "wk") ||
+                                        rad__word_at(s, n, e, "weeks") || rad__word_at(s, n, e, "w") ||
+                                        (e < n && s[e] == '/' && rad__word_at(s, n, e + 1, "40"))))
+                return 1;
+        }
+    }
+    return 0;
+}
+
 static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
     const char *s = d->s;
     size_t n = d->n;
@@ -1621,8 +1651,9 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
             // "hCG neg", "negative hCG", "hCG +", "hCG positive", "hCG 1450", "hCG: pending"
             if (rad__pre_negated(d, k) || rad__post_negated(d, k, 0)) { preg_neg = 1; break; }
             size_t e = (size_t)h->end;
-            while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '(')) e++;
+            while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '(' || s[e] == ')')) e++;
             if (e < n && s[e] == '+') { preg_strong = 1; break; }
+            if (h->start > 0 && s[h->start - 1] == '+') { preg_strong = 1; break; }     // "+UPT", "+hCG"
             if (e < n && s[e] == '-' && (e + 1 >= n || !rad__alnum((unsigned char)s[e + 1]))) { preg_neg = 1; break; }
             if (rad__word_at(s, n, e, "positive") || rad__word_at(s, n, e, "pos")) { preg_strong = 1; break; }
             float v;
@@ -1729,6 +1760,7 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
     }
     // pregnancy
     if (preg_neg) f->distractors |= RAD_DIS_NEG_PREGNANCY;
+    if (rad__gp_with_gestation(s, n)) preg_strong = 1;
     if (preg_strong) f->pregnant = 1;
     else if (preg_weak && !preg_neg) f->pregnant = 1;
     else if (preg_neg) f->pregnant = -1;
