@@ -5,7 +5,8 @@
 #   ./build.sh test [NAME..] build and run the test suite: warning gates, the configuration matrix, sanitizers.
 #                            NAMEs (e.g. nf4 lora) restrict it to the test/test_*.c files whose name contains one.
 #   ./build.sh bench [ARGS]  build and run every bench/bench_*.c with ARGS (e.g. ./build.sh bench 7b)
-#   ./build.sh demo [ARGS]   build every demo/*.c and run the main job, build/$DEMO_MAIN, with ARGS
+#   ./build.sh demo [ARGS]   build demo/$DEMO_MAIN.c and run the main job, `build/$DEMO_MAIN $DEMO_CMD ARGS`: the radiology
+#                            demo (QLoRA fine-tune of data/base, evaluation, batch prediction, report in build/demo/)
 #   ./build.sh clean         remove build/
 # `test` compiles with -Werror; the other commands show warnings but do not stop on them.
 #
@@ -34,12 +35,13 @@ B=${QLORA_BUILD_DIR:-build}
 
 # Debian 12 packages. PKGS is everything `./build.sh test` uses: extend it here. PKGS_BUILD is the subset that
 # building and running the demo and the benchmarks needs.
-PKGS="gcc g++ clang libclang-rt-14-dev libomp-dev libopenblas-dev python3-torch python3-numpy \
+PKGS="gcc g++ clang libclang-rt-14-dev libomp-dev libopenblas-dev libopenblas-openmp-dev python3-torch python3-numpy \
 python3-sentencepiece python3-yaml sentencepiece libstb-dev \
 mesa-vulkan-drivers libvulkan-dev vulkan-validationlayers glslc spirv-tools"
-PKGS_BUILD="gcc libopenblas-dev libstb-dev"
+PKGS_BUILD="gcc libopenblas-dev libopenblas-openmp-dev libstb-dev"
 
-DEMO_MAIN=lora_math                      # the main job: build/$DEMO_MAIN, from demo/$DEMO_MAIN.c
+DEMO_MAIN=radiology                      # the main job: build/$DEMO_MAIN $DEMO_CMD, from demo/$DEMO_MAIN.c
+DEMO_CMD=demo
 ALL_CONFIGS="blas+omp noblas+omp blas+noomp scalar"
 TMO=${QLORA_TEST_TIMEOUT:-300}
 CTMO=${QLORA_COMPILE_TIMEOUT:-600}
@@ -65,6 +67,10 @@ if command -v flock >/dev/null 2>&1; then
         flock 9
     fi
 fi
+
+# Idle OpenMP threads sleep instead of spinning: on a machine with as many cores as threads, a spinning team steals
+# the cores that a preempted teammate (or a parallel compile) needs; measured 2-3x on 2 shared cores.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 now_ms() { date +%s%3N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1000.0 }'; }
@@ -131,10 +137,11 @@ cat >"$P/blas.c" <<'EOF'
 #include <stdio.h>
 #include <cblas.h>
 char *openblas_get_corename(void);
+int openblas_get_parallel(void);
 int main(void) {
     float a[4] = {1, 2, 3, 4}, b[4] = {1, 0, 0, 1}, c[4] = {0, 0, 0, 0};
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 2, 2, 2, 1.0f, a, 2, b, 2, 0.0f, c, 2);
-    printf("%s\n", openblas_get_corename());
+    printf("%s\n%d\n", openblas_get_corename(), openblas_get_parallel());   /* 0 serial, 1 pthreads, 2 OpenMP */
     return c[3] == 4.0f ? 0 : 1;
 }
 EOF
@@ -223,6 +230,33 @@ if try "$CC" "-std=c99 -fopenmp" "$P/omp.c" "$P/omp"; then
     ok "OpenMP: $CC -fopenmp works (omp_get_max_threads() = $(head -1 "$P/omp.out") here; tests use OMP_NUM_THREADS=${OMP_NUM_THREADS:-2})"
 else
     bad "OpenMP: $CC -fopenmp does not work; single-threaded builds only, configurations blas+omp and noblas+omp are skipped"
+fi
+
+# With OpenMP on, OpenBLAS must be its OpenMP build: the pthread build keeps a thread pool of its own whose
+# threads spin against the OpenMP threads of the NF4 kernels (config S of bench_llama ran 1.9x slower so).
+# The OpenMP build runs its sgemm on libgomp's team, the same threads as ours: one pool.
+BLAS_OMP_LIBS="-lopenblas"
+if [ $HAVE_BLAS = 1 ] && [ $HAVE_OMP = 1 ]; then
+    MA=$($CC -print-multiarch 2>/dev/null || true)
+    if try "$CC" "-std=c99 -fopenmp" "$P/blas.c" "$P/blas_omp0" "-lopenblas" && [ "$(sed -n 2p "$P/blas_omp0.out")" = 2 ]; then
+        ok "OpenBLAS threading: -lopenblas is OpenBLAS' OpenMP build: it shares the OpenMP thread pool of the kernels"
+    else
+        found=""
+        for d in ${MA:+/usr/lib/$MA/openblas-openmp} /usr/lib/openblas-openmp /usr/lib64/openblas-openmp; do
+            [ -d "$d" ] || continue
+            if try "$CC" "-std=c99 -fopenmp" "$P/blas.c" "$P/blas_omp" "-L$d -Wl,-rpath,$d -lopenblas" &&
+                [ "$(sed -n 2p "$P/blas_omp.out")" = 2 ]; then
+                found=$d; break
+            fi
+        done
+        if [ -n "$found" ]; then
+            BLAS_OMP_LIBS="-L$found -Wl,-rpath,$found -lopenblas"
+            ok "OpenBLAS threading: blas+omp links OpenBLAS' OpenMP build ($found), so sgemm and the kernels share one thread pool"
+        else
+            bad "OpenBLAS threading: no OpenMP build of OpenBLAS (libopenblas-openmp-dev): blas+omp links the pthread" \
+                "build, whose own thread pool competes with the OpenMP threads (much slower training steps)"
+        fi
+    fi
 fi
 
 HAVE_GCC=0
@@ -343,7 +377,7 @@ cfg_cflags() {
 }
 cfg_libs() {
     case $1 in
-    blas+omp)   echo "-fopenmp -lopenblas -lm" ;;
+    blas+omp)   echo "-fopenmp $BLAS_OMP_LIBS -lm" ;;
     noblas+omp) echo "-fopenmp -lm" ;;
     blas+noomp) echo "-lopenblas -lm" ;;
     *)          echo "-lm" ;;
@@ -478,6 +512,7 @@ TESTS=(test/test_*.c)
 FUZZERS=(test/fuzz_*.c)           # libFuzzer harnesses: LLVMFuzzerTestOneInput, no main()
 BENCHES=(bench/bench_*.c)
 DEMOS=(demo/*.c)
+[ "$MODE" = demo ] && DEMOS=("demo/$DEMO_MAIN.c")   # the main job needs only its own program
 STATIC_SRCS=(test/static_a.c test/static_b.c)
 CPP_SRC=test/test_cpp.cpp
 FILTER=""
@@ -587,10 +622,10 @@ if [ "$MODE" = all ] || [ "$MODE" = build ] || [ "$MODE" = bench ] || [ "$MODE" 
             echo "✗ $B/$DEMO_MAIN did not build"; exit 1
         fi
         echo
-        echo "== $B/$DEMO_MAIN $*"
+        echo "== $B/$DEMO_MAIN $DEMO_CMD $*"
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc 2>/dev/null || echo 2)}
         exec 9>&-                       # the build is done: let other build.sh runs proceed
-        exec "$B/$DEMO_MAIN" "$@" ;;
+        exec "$B/$DEMO_MAIN" $DEMO_CMD "$@" ;;
     esac
 fi
 

@@ -890,8 +890,9 @@ QLORADEF qlora_status qlora_llama_config_validate(const qlora_llama_config *cfg,
 typedef struct qlora_llama_layer {
     float     *input_norm;                   // (C)  input_layernorm.weight
     float     *post_norm;                    // (C)  post_attention_layernorm.weight
-    qlora_nf4  w[QLORA_TARGET_COUNT];        // frozen projections, (out, in) each
+    qlora_nf4  w[QLORA_TARGET_COUNT];        // frozen projections, (out, in) each; empty in a dense model
     qlora_lora lora[QLORA_TARGET_COUNT];     // adapters; lora[t].A == NULL where target t has none
+    float     *dense[QLORA_TARGET_COUNT];    // (out, in) fp32 projections of a dense model, else NULL
 } qlora_llama_layer;
 
 // Zero-initialized = defaults.
@@ -902,6 +903,8 @@ typedef struct qlora_model_options {
     uint32_t          lora_targets;     // mask of (1u << QLORA_TARGET_*); 0 → all seven
     uint64_t          lora_seed;        // A of (layer l, target t) is seeded from (lora_seed, l, t)
     qlora_exec        exec;             // kernel choice / backend for every matmul of the model
+    int32_t           dense;            // 1: keep the projections fp32 (full-parameter training, below);
+                                        // NF4 options are then ignored and LoRA (lora.rank > 0) unsupported
 } qlora_model_options;
 
 typedef struct qlora_model {
@@ -915,7 +918,8 @@ typedef struct qlora_model {
     uint32_t           lora_targets; // targets that carry an adapter (0 when none)
     qlora_lora_config  lora_cfg;     // their config (rank 0 when none)
     qlora_exec         exec;
-    void              *arena;        // owns embed, norms, lm_head, rope tables
+    int32_t            dense;        // 1: projections are fp32 layers[l].dense[t] (w[t] empty, no adapters)
+    void              *arena;        // owns embed, norms, lm_head, rope tables (and dense projections)
 } qlora_model;
 
 // Loads an HF Llama checkpoint directory: config.json plus model.safetensors or
@@ -930,7 +934,8 @@ QLORADEF qlora_status qlora_model_load(qlora_model *m, const char *dir, const ql
                                        qlora_error *err);
 // A model with random weights, made in memory (for benchmarks): embedding and lm_head N(0, 0.02²)
 // approximated by uniform draws, norms 1, projections uniform with std 1/√in, generated and quantized
-// one chunk of blocks at a time, so peak memory stays ≈ the NF4 model.
+// one chunk of blocks at a time, so peak memory stays ≈ the NF4 model. With opt->dense = 1 it is
+// qlora_model_init_random_dense.
 QLORADEF qlora_status qlora_model_init_random(qlora_model *m, const qlora_llama_config *cfg,
                                               const qlora_model_options *opt, uint64_t seed, qlora_error *err);
 QLORADEF void         qlora_model_free(qlora_model *m);
@@ -1035,6 +1040,67 @@ QLORADEF qlora_status qlora_model_backward(qlora_model *m, qlora_train_state *ts
 QLORADEF qlora_status qlora_model_backward_scaled(qlora_model *m, qlora_train_state *ts, float scale,
                                                   qlora_error *err);
 
+// --- full-parameter training of dense fp32 models ----------------------------------------------
+// A dense model (qlora_model_options.dense = 1, or qlora_model_init_random_dense) keeps the seven
+// projections as fp32 (out, in) matrices in layers[l].dense[t]; every forward, inference and
+// qlora_model_backward work on it as on an NF4 model. qlora_model_backward_full gives the gradient
+// of EVERY parameter: embedding, norms, lm_head and the projections (dW += dYᵀ·X). Loading with
+// dense = 1 takes F32/F16/BF16 projections as fp32 (bitsandbytes 4-bit ones are dequantized).
+// LoRA adapters on a dense model, qlora_model_save_bnb4 and qlora_model_load_adapter of a dense
+// model are QLORA_ERR_UNSUPPORTED.
+
+// A dense model with random weights (GPT-2 / Llama pretraining init): embedding, lm_head and the
+// projections N(0, 0.02²), except o_proj and down_proj N(0, (0.02/√(2L))²); norms 1. The normal
+// draws are a pure function of (seed, tensor, index), so the model does not depend on the thread
+// count. opt may be NULL; its dense flag is implied, its lora.rank must be 0.
+QLORADEF qlora_status qlora_model_init_random_dense(qlora_model *m, const qlora_llama_config *cfg,
+                                                    const qlora_model_options *opt, uint64_t seed,
+                                                    qlora_error *err);
+
+// Gradients of one layer's parameters, shapes as the parameters.
+typedef struct qlora_llama_layer_grads {
+    float *input_norm;                // (C)
+    float *post_norm;                 // (C)
+    float *w[QLORA_TARGET_COUNT];     // (out, in) each, of layers[l].dense[t]
+} qlora_llama_layer_grads;
+
+// The gradient of every parameter of a dense model, one arena. params lists (name, parameter,
+// gradient, count) for every tensor, in checkpoint order (embed; per layer input_layernorm, q, k,
+// v, o, post_attention_layernorm, gate, up, down; norm; lm_head when untied), HF names:
+// qlora_adamw_init(&opt, g.params, g.n_params, &cfg, err) trains the whole model.
+typedef struct qlora_model_grads {
+    const qlora_model       *model;       // the model it was made for (backward_full checks it)
+    qlora_llama_config       cfg;         // its config at init
+    float                   *embed;       // (V, C); with tied embeddings it also gets the lm_head part
+    float                   *final_norm;  // (C)
+    float                   *lm_head;     // (V, C) untied; NULL when tied
+    qlora_llama_layer_grads *layers;      // (L)
+    struct qlora_param      *params;      // (n_params) qlora_param, declared with AdamW below
+    int64_t                  n_params;
+    int64_t                  n_floats;    // Σ counts = number of trainable parameters
+    char                    *names;       // storage of the params' names
+    void                    *arena;
+} qlora_model_grads;
+
+// Allocates zeroed gradients for dense model m (an NF4 model is QLORA_ERR_UNSUPPORTED).
+QLORADEF qlora_status qlora_model_grads_init(qlora_model_grads *g, qlora_model *m, qlora_error *err);
+QLORADEF void         qlora_model_grads_zero(qlora_model_grads *g);
+QLORADEF void         qlora_model_grads_free(qlora_model_grads *g);
+// Gradient of scale·(Σ token losses) of the last forward (as qlora_model_backward_scaled; scale =
+// 1 / ts->n_counted for the mean loss of one batch), ACCUMULATED into every gradient of g. Needs a
+// dense model, g made for it and a forward with labels; consumes that forward like the LoRA
+// backward. Checkpointing on/off does not change a bit of the result, nor does the OpenMP thread
+// count on the built-in GEMM engine (OpenBLAS may sum differently with another thread count).
+QLORADEF qlora_status qlora_model_backward_full(qlora_model *m, qlora_train_state *ts, qlora_model_grads *g,
+                                                float scale, qlora_error *err);
+// Writes dir/config.json (HF LlamaConfig, no quantization_config, torch_dtype of `dtype`) and
+// dir/model.safetensors with every tensor in HF Llama names as dtype F32, BF16 or F16 (rounded to
+// nearest even); both atomically, dir must exist. A dense model writes its weights; an NF4 model
+// writes the dequantized projections with its adapters merged (W + s·B·A). The result loads with
+// qlora_model_load, NF4-quantized by default or dense with options.dense = 1.
+QLORADEF qlora_status qlora_model_save_dense(const qlora_model *m, const char *dir, qlora_dtype dtype,
+                                             qlora_error *err);
+
 // --- inference -------------------------------------------------------------------------------
 // KV cache plus the scratch of incremental forward passes over up to `chunk` tokens at a time.
 typedef struct qlora_kv_cache {
@@ -1100,6 +1166,18 @@ QLORADEF qlora_status qlora_model_generate(qlora_model *m, qlora_kv_cache *kv, c
 QLORADEF qlora_status qlora_model_score(qlora_model *m, qlora_kv_cache *kv, const int32_t *prompt,
                                         int64_t n_prompt, const int32_t *const *conts, const int64_t *cont_lens,
                                         int64_t n_conts, double *out, qlora_error *err);
+// Scores a token trie (e.g. every label of a closed set, with shared prefixes) in one batched pass:
+// the prompt (n_prompt ≥ 1) is prefilled once, then all n nodes run in chunks of rows under a tree
+// attention mask. Node i holds token node_token[i] and has parent node_parent[i] (-1: a child of the
+// prompt; parents precede children, node_parent[i] < i); it sits at position n_prompt + depth(i) and
+// attends to the prompt and to its ancestors only. logp[i] = log p(node_token[i] | prompt, ancestors),
+// so a root-to-node path scores Σ logp over its nodes, as qlora_model_score of that path would.
+// Only inner nodes (those with children) run through the model; a leaf's logp comes from its parent's
+// logits. kv must hold n_prompt + (number of inner nodes) slots. Resets kv.
+QLORADEF qlora_status qlora_model_score_tree(qlora_model *m, qlora_kv_cache *kv, const int32_t *prompt,
+                                             int64_t n_prompt, const int32_t *node_token,
+                                             const int32_t *node_parent, int64_t n, double *logp,
+                                             qlora_error *err);
 // Sentence embedding: the mean over the n tokens of the model's last hidden state AFTER the final
 // RMSNorm (HF LlamaModel's last_hidden_state). out (C). Resets kv.
 QLORADEF qlora_status qlora_model_embed(qlora_model *m, qlora_kv_cache *kv, const int32_t *tokens, int64_t n,
@@ -2007,7 +2085,11 @@ QLORADEF size_t qlora_nf4_bytes(const qlora_nf4 *w) {
 //     AUTO  SIMD when a SIMD level is compiled (its GEMM matches OpenBLAS' sgemm and needs no fp32
 //           copy of W); in a portable-C build, BLAS for M > 8 when built with it and its core suits
 //           this CPU (qlora_cpu_info_get().blas_trusted). qlora_sgemm's AUTO uses cblas whenever
-//           that core is trusted, else the own GEMM.
+//           that core is trusted, else the own GEMM; but M <= 8 rows against a transposed B
+//           (decoding: lm_head, LoRA) go to own dot products, AUTO and SIMD alike.
+//   With OpenMP, link OpenBLAS' OpenMP build (build.sh does): its sgemm then runs on the same
+//   thread team as these kernels. The pthread build keeps a second pool whose threads spin
+//   against the OpenMP threads between calls.
 //   Threads (OpenMP) split outputs only: rows or columns of Y, columns of dX, tiles of C. Every
 //   output element is computed by one thread in a fixed order, so the results are bit-identical
 //   for any thread count.
@@ -2609,6 +2691,12 @@ static int qlora__mm_run(const qlora__mm *p) {
 #define QLORA__G8_LANES 0
 #endif
 
+// How far ahead (bytes of codes) the AVX-512 GEMV prefetches W: the stream of one core alone does
+// not keep enough reads in flight to run at the speed the kernel decodes.
+#ifndef QLORA__GEMV_PF
+#define QLORA__GEMV_PF 2048
+#endif
+
 #if QLORA__G8_LANES
 #define QLORA__GEMV_GROUP (8 * QLORA__G8_LANES)
 
@@ -2681,6 +2769,7 @@ QLORA__FORCEINLINE void qlora__gemv_fwd_rows(float *y, const float *xs, const ql
         for (int64_t g = 0; g < K; g += 128) {
             // Σ x·code per lane over the group (two chains), then one multiply by the lane scales.
             const __m512i v = _mm512_loadu_si512(cr + g / 2);
+            _mm_prefetch((const char *)(cr + g / 2) + QLORA__GEMV_PF, _MM_HINT_T0);
             __m512 a0[QLORA__GEMV_M], a1[QLORA__GEMV_M];
             QLORA__NF4_UNROLL
             for (int m = 0; m < MM; m++) a0[m] = a1[m] = _mm512_setzero_ps();
@@ -3266,6 +3355,57 @@ static void qlora__sgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int
     }
 }
 
+// Σ a[k]·b[k] over k < K: lane-wise partial sums (k mod 32 with AVX-512, k mod 16 otherwise), then
+// the lanes in a fixed order: the same result on every call.
+static float qlora__sdot(const float *a, const float *b, int64_t K) {
+#if defined(QLORA__AVX512)
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(b + k + 16), s1);
+    }
+    for (; k < K; k += 16) {   // masked tail: lanes past K load 0
+        const __mmask16 mk = (__mmask16)(K - k >= 16 ? 0xFFFF : (1u << (K - k)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + k), _mm512_maskz_loadu_ps(mk, b + k), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#else
+    float s[16];
+    int64_t k = 0;
+    for (int j = 0; j < 16; j++) s[j] = 0.0f;
+    for (; k + 16 <= K; k += 16)
+        for (int j = 0; j < 16; j++) s[j] += a[k + j] * b[k + j];
+    for (int j = 0; k + j < K; j++) s[j] += a[k + j] * b[k + j];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) s[j] += s[j + w];
+    return s[0];
+#endif
+}
+
+// Small-M GEMM with B transposed, the decode shapes (lm_head, LoRA at M = 1): C (M, N) =
+// alpha·A (M, K)·B (N, K)ᵀ + beta·C as dot products, reading B once, with no packing and no buffer.
+// Threads take fixed pieces of columns, so the result does not depend on the thread count; below
+// about 1M multiply-adds (LoRA's A and B at M = 1) one thread does it all: a fork and join would
+// cost more, and much more when another job holds one of the cores.
+#define QLORA__SGEMV_COLS 64
+static void qlora__sgemm_small_bt(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                                  const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    const int64_t npieces = (N + QLORA__SGEMV_COLS - 1) / QLORA__SGEMV_COLS;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (npieces > 1 && (double)M * (double)N * (double)K >= 1048576.0)
+#endif
+    for (int64_t p = 0; p < npieces; p++) {
+        const int64_t j1 = qlora__min64(N, (p + 1) * QLORA__SGEMV_COLS);
+        for (int64_t j = p * QLORA__SGEMV_COLS; j < j1; j++)
+            for (int64_t m = 0; m < M; m++) {
+                const float s = alpha * qlora__sdot(A + m * lda, B + j * ldb, K);
+                float *c = C + m * ldc + j;
+                *c = beta == 0.0f ? s : s + beta * *c;
+            }
+    }
+}
+
 QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                           float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                           float beta, float *C, int64_t ldc) {
@@ -3275,6 +3415,13 @@ QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_
     const qlora_kernel kernel = ex ? ex->kernel : QLORA_KERNEL_AUTO;
     if (kernel == QLORA_KERNEL_REF) {
         qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    // A few rows against a transposed B (decoding): dot products beat a packed GEMM, which would copy
+    // all of B (the 0.5 GB lm_head of a 7B model) for each token.
+    if ((kernel == QLORA_KERNEL_AUTO || kernel == QLORA_KERNEL_SIMD) && !trans_a && trans_b && M <= QLORA__GEMV_M &&
+        K > 0) {
+        qlora__sgemm_small_bt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
 #ifdef QLORA_USE_OPENBLAS
@@ -8444,6 +8591,13 @@ static int64_t qlora__ll_model_layout(qlora_model *m, char *base) {
     float *head = c->tie_word_embeddings ? embed : (float *)qlora__ll_carve(&cv, V, C, 4);
     float *rc = (float *)qlora__ll_carve(&cv, c->max_position_embeddings, c->head_dim / 2, 4);
     float *rs = (float *)qlora__ll_carve(&cv, c->max_position_embeddings, c->head_dim / 2, 4);
+    for (int l = 0; m->dense && l < c->n_layers; l++)   // dense projections, (out, in) each
+        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+            int64_t out, in;
+            qlora__ll_shape(c, t, &out, &in);
+            float *w = (float *)qlora__ll_carve(&cv, out, in, 4);
+            if (base) m->layers[l].dense[t] = w;
+        }
     if (base) {
         m->embed = embed;
         m->final_norm = fn;
@@ -8470,7 +8624,11 @@ static qlora_status qlora__ll_model_alloc(qlora_model *m, const qlora_model_opti
         return qlora__fail(err, QLORA_ERR_ARG, "model options: NF4 blocksize %d not in {32, ..., 4096}",
                            (int)o->blocksize);
     if (o->lora.rank < 0) return qlora__fail(err, QLORA_ERR_ARG, "model options: negative LoRA rank");
+    if (o->dense && o->lora.rank > 0)
+        return qlora__fail(err, QLORA_ERR_UNSUPPORTED,
+                           "model options: LoRA adapters on a dense model (options.dense = 1)");
     m->exec = o->exec;
+    m->dense = o->dense ? 1 : 0;
     m->layers =
         (qlora_llama_layer *)qlora__calloc((int64_t)m->cfg.n_layers * (int64_t)sizeof(qlora_llama_layer));
     int64_t bytes = qlora__ll_model_layout(m, NULL);
@@ -8540,7 +8698,11 @@ QLORADEF int64_t qlora_model_weight_bytes(const qlora_model *m) {
     int64_t n = 4 * ((int64_t)c->vocab_size * c->hidden_size * (c->tie_word_embeddings ? 1 : 2) +
                      (int64_t)c->hidden_size * (2 * c->n_layers + 1));
     for (int l = 0; l < c->n_layers; l++)
-        for (int t = 0; t < QLORA_TARGET_COUNT; t++) n += (int64_t)qlora_nf4_bytes(&m->layers[l].w[t]);
+        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+            int64_t out, in;
+            qlora__ll_shape(c, t, &out, &in);
+            n += m->dense ? 4 * out * in : (int64_t)qlora_nf4_bytes(&m->layers[l].w[t]);
+        }
     return n;
 }
 
@@ -8731,8 +8893,16 @@ static qlora_status qlora__ll_load_proj(qlora_model *m, const qlora_st_model *st
     snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, qlora_target_path((qlora_target)t));
     snprintf(qkey, sizeof qkey, "%s.quant_state.bitsandbytes__nf4", name);
     const qlora_st_tensor *tw = qlora_st_model_find(stm, name);
-    if (tw && (tw->dtype == QLORA_DTYPE_U8 || qlora_st_model_find(stm, qkey)))
-        return qlora__ll_load_bnb(&m->layers[l].w[t], stm, name, out, in, err);
+    int bnb = tw && (tw->dtype == QLORA_DTYPE_U8 || qlora_st_model_find(stm, qkey));
+    if (m->dense && !bnb) return qlora__ll_load_f32(m->layers[l].dense[t], stm, name, out, in, 2, err);
+    if (m->dense) {   // a bitsandbytes 4-bit projection into a dense model: dequantized
+        qlora_nf4 w;
+        qlora_status st = qlora__ll_load_bnb(&w, stm, name, out, in, err);
+        if (st == QLORA_OK) st = qlora_nf4_dequantize(m->layers[l].dense[t], &w, err);
+        qlora_nf4_free(&w);
+        return st;
+    }
+    if (bnb) return qlora__ll_load_bnb(&m->layers[l].w[t], stm, name, out, in, err);
     qlora_status st = qlora__ll_load_f32(tmp, stm, name, out, in, 2, err);
     if (st != QLORA_OK) return st;
     st = qlora_nf4_quantize(&m->layers[l].w[t], tmp, out, in, o->blocksize, !o->no_double_quant, err);
@@ -8805,6 +8975,7 @@ static void qlora__ll_fill_uniform(float *x, int64_t n, float std, uint64_t key,
 QLORADEF qlora_status qlora_model_init_random(qlora_model *m, const qlora_llama_config *cfg,
                                               const qlora_model_options *opt, uint64_t seed, qlora_error *err) {
     if (!m || !cfg) return qlora__fail(err, QLORA_ERR_ARG, "model init random: NULL model or config");
+    if (opt && opt->dense) return qlora_model_init_random_dense(m, cfg, opt, seed, err);
     memset(m, 0, sizeof *m);
     qlora_status st = qlora_llama_config_validate(cfg, err);
     if (st != QLORA_OK) return st;
@@ -8998,6 +9169,12 @@ static qlora_status qlora__ll_proj(qlora_model *m, int l, int t, float *y, const
                                    qlora_lora_cache *cache, int64_t M, int training, qlora_error *err) {
     qlora_llama_layer *ly = &m->layers[l];
     qlora_status st;
+    if (ly->dense[t]) {   // dense model: y (M, out) = x (M, in) · Wᵀ
+        int64_t out, in;
+        qlora__ll_shape(&m->cfg, t, &out, &in);
+        qlora_sgemm(&m->exec, 0, 1, M, out, in, 1.0f, x, in, ly->dense[t], in, 0.0f, y, out);
+        return QLORA_OK;
+    }
     if (ly->lora[t].A)
         st = qlora_lora_forward(&m->exec, y, cache, x, &ly->lora[t], &ly->w[t], M, training, err);
     else st = qlora_nf4_linear_forward(&m->exec, y, x, &ly->w[t], M, err);
@@ -9010,6 +9187,12 @@ static qlora_status qlora__ll_proj_back(qlora_model *m, int l, int t, float *dx,
                                         qlora_error *err) {
     qlora_llama_layer *ly = &m->layers[l];
     qlora_status st = QLORA_OK;
+    if (ly->dense[t]) {   // dense model: dx (M, in) += dy (M, out) · W
+        int64_t out, in;
+        qlora__ll_shape(&m->cfg, t, &out, &in);
+        if (dx) qlora_sgemm(&m->exec, 0, 0, M, in, out, 1.0f, dy, out, ly->dense[t], in, 1.0f, dx, in);
+        return QLORA_OK;
+    }
     if (ly->lora[t].A) st = qlora_lora_backward(&m->exec, dx, &ly->lora[t], dy, x, cache, &ly->w[t], M, err);
     else if (dx) st = qlora_nf4_linear_backward(&m->exec, dx, dy, &ly->w[t], M, err);
     return st == QLORA_OK
@@ -9063,12 +9246,21 @@ static qlora_status qlora__ll_layer_forward(qlora_model *m, qlora_train_state *t
     return QLORA_OK;
 }
 
-// Backward of one layer: on entry ts->dres = dL/d resid[l+1]; on exit dL/d resid[l] (not formed for
-// layer 0, whose input gradient would only reach the frozen embedding). Adapter gradients accumulate.
+// dW (out, in) += dyᵀ (out, M) · x (M, in): the weight gradient of dense projection t.
+static void qlora__ll_proj_wgrad(qlora_model *m, int t, float *dw, const float *dy, const float *x, int64_t M) {
+    int64_t out, in;
+    qlora__ll_shape(&m->cfg, t, &out, &in);
+    qlora_sgemm(&m->exec, 1, 0, out, in, M, 1.0f, dy, out, x, in, 1.0f, dw, in);
+}
+
+// Backward of one layer: on entry ts->dres = dL/d resid[l+1]; on exit dL/d resid[l] (for layer 0
+// only with g, whose embedding takes it; without g it would only reach the frozen embedding).
+// Adapter gradients accumulate; with g (dense model) every weight gradient of the layer too.
 static qlora_status qlora__ll_layer_backward(qlora_model *m, qlora_train_state *ts, int l, qlora_llama_acts *A,
-                                             qlora_error *err) {
+                                             qlora_model_grads *g, qlora_error *err) {
     const qlora_llama_config *c = &m->cfg;
     const qlora_llama_layer *ly = &m->layers[l];
+    qlora_llama_layer_grads *gl = g ? &g->layers[l] : NULL;
     int64_t M = ts->M, C = c->hidden_size, H = c->intermediate_size;
     int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
     const float *x = ts->resid + (int64_t)l * M * C;
@@ -9078,6 +9270,7 @@ static qlora_status qlora__ll_layer_backward(qlora_model *m, qlora_train_state *
     st = qlora__ll_proj_back(m, l, QLORA_TARGET_DOWN, ts->da, ts->dres, A->a, &A->cache[QLORA_TARGET_DOWN], M,
                              err);
     if (st != QLORA_OK) return st;
+    if (gl) qlora__ll_proj_wgrad(m, QLORA_TARGET_DOWN, gl->w[QLORA_TARGET_DOWN], ts->dres, A->a, M);
     // 3. a = silu(g) ⊙ u
     memset(ts->dg, 0, sizeof(float) * (size_t)(M * H));
     memset(ts->du, 0, sizeof(float) * (size_t)(M * H));
@@ -9090,13 +9283,18 @@ static qlora_status qlora__ll_layer_backward(qlora_model *m, qlora_train_state *
         st = qlora__ll_proj_back(m, l, QLORA_TARGET_UP, ts->dln, ts->du, A->ln2, &A->cache[QLORA_TARGET_UP], M,
                                  err);
     if (st != QLORA_OK) return st;
-    qlora_rmsnorm_backward(ts->dres, NULL, ts->dln, A->h, ly->post_norm, A->rstd2, M, C);
+    if (gl) {
+        qlora__ll_proj_wgrad(m, QLORA_TARGET_GATE, gl->w[QLORA_TARGET_GATE], ts->dg, A->ln2, M);
+        qlora__ll_proj_wgrad(m, QLORA_TARGET_UP, gl->w[QLORA_TARGET_UP], ts->du, A->ln2, M);
+    }
+    qlora_rmsnorm_backward(ts->dres, gl ? gl->post_norm : NULL, ts->dln, A->h, ly->post_norm, A->rstd2, M, C);
     // 1. h = x + o(ao), ao = attn(rope(q), rope(k), v), q|k|v = proj(ln1), ln1 = rmsnorm_in(x)
     int need_qkv =
-        l > 0 || ly->lora[QLORA_TARGET_Q].A || ly->lora[QLORA_TARGET_K].A || ly->lora[QLORA_TARGET_V].A;
+        l > 0 || gl || ly->lora[QLORA_TARGET_Q].A || ly->lora[QLORA_TARGET_K].A || ly->lora[QLORA_TARGET_V].A;
     float *dao = need_qkv ? ts->dao : NULL;
     if (dao) memset(dao, 0, sizeof(float) * (size_t)(M * QD));
     st = qlora__ll_proj_back(m, l, QLORA_TARGET_O, dao, ts->dres, A->ao, &A->cache[QLORA_TARGET_O], M, err);
+    if (st == QLORA_OK && gl) qlora__ll_proj_wgrad(m, QLORA_TARGET_O, gl->w[QLORA_TARGET_O], ts->dres, A->ao, M);
     if (st != QLORA_OK || !need_qkv) return st;
     memset(ts->dq, 0, sizeof(float) * (size_t)(M * QD));
     memset(ts->dk, 0, sizeof(float) * (size_t)(M * KD));
@@ -9105,7 +9303,7 @@ static qlora_status qlora__ll_layer_backward(qlora_model *m, qlora_train_state *
                              c->n_heads, c->n_kv_heads, c->head_dim);
     qlora_rope_backward(ts->dq, ts->pos, m->rope_cos, m->rope_sin, M, c->n_heads, c->head_dim);
     qlora_rope_backward(ts->dk, ts->pos, m->rope_cos, m->rope_sin, M, c->n_kv_heads, c->head_dim);
-    float *dln = l > 0 ? ts->dln : NULL;
+    float *dln = l > 0 || gl ? ts->dln : NULL;
     if (dln) memset(dln, 0, sizeof(float) * (size_t)(M * C));
     st = qlora__ll_proj_back(m, l, QLORA_TARGET_Q, dln, ts->dq, A->ln1, &A->cache[QLORA_TARGET_Q], M, err);
     if (st == QLORA_OK)
@@ -9113,7 +9311,12 @@ static qlora_status qlora__ll_layer_backward(qlora_model *m, qlora_train_state *
     if (st == QLORA_OK)
         st = qlora__ll_proj_back(m, l, QLORA_TARGET_V, dln, ts->dv, A->ln1, &A->cache[QLORA_TARGET_V], M, err);
     if (st != QLORA_OK) return st;
-    if (dln) qlora_rmsnorm_backward(ts->dres, NULL, dln, x, ly->input_norm, A->rstd1, M, C);
+    if (gl) {
+        qlora__ll_proj_wgrad(m, QLORA_TARGET_Q, gl->w[QLORA_TARGET_Q], ts->dq, A->ln1, M);
+        qlora__ll_proj_wgrad(m, QLORA_TARGET_K, gl->w[QLORA_TARGET_K], ts->dk, A->ln1, M);
+        qlora__ll_proj_wgrad(m, QLORA_TARGET_V, gl->w[QLORA_TARGET_V], ts->dv, A->ln1, M);
+    }
+    if (dln) qlora_rmsnorm_backward(ts->dres, gl ? gl->input_norm : NULL, dln, x, ly->input_norm, A->rstd1, M, C);
     return QLORA_OK;
 }
 
@@ -9191,8 +9394,9 @@ QLORADEF qlora_status qlora_model_forward_eval(qlora_model *m, qlora_train_state
     return qlora__ll_forward(m, ts, tokens, key_mask, labels, loss, 0, err);
 }
 
-QLORADEF qlora_status qlora_model_backward_scaled(qlora_model *m, qlora_train_state *ts, float scale,
-                                                  qlora_error *err) {
+// The backward of the last forward: adapter gradients, and with g (a dense model) every parameter's.
+static qlora_status qlora__ll_backward(qlora_model *m, qlora_train_state *ts, float scale, qlora_model_grads *g,
+                                       qlora_error *err) {
     if (!m || !m->layers || !ts || !ts->arena)
         return qlora__fail(err, QLORA_ERR_ARG, "model backward: NULL argument");
     if (!ts->ready)
@@ -9218,10 +9422,15 @@ QLORADEF qlora_status qlora_model_backward_scaled(qlora_model *m, qlora_train_st
         memset(ts->dlogits, 0, sizeof(float) * (size_t)(R * V));
         qlora_cross_entropy_backward(ts->dlogits, ts->logits + r0 * V, ts->targets + r0, R, V, scale);
         qlora_sgemm(&m->exec, 0, 0, R, C, V, 1.0f, ts->dlogits, V, m->lm_head, C, 0.0f, dlnf, C);
+        // d lm_head (V, C) += dlogitsᵀ · lnf (the embedding's gradient when tied)
+        if (g)
+            qlora_sgemm(&m->exec, 1, 0, V, C, R, 1.0f, ts->dlogits, V, ts->lnf + r0 * C, C, 1.0f,
+                        g->lm_head ? g->lm_head : g->embed, C);
     }
     // 5. lnf = rmsnorm_final(resid[L])
     memset(ts->dres, 0, sizeof(float) * (size_t)(M * C));
-    qlora_rmsnorm_backward(ts->dres, NULL, ts->dln, ts->resid + L * M * C, m->final_norm, ts->rstdf, M, C);
+    qlora_rmsnorm_backward(ts->dres, g ? g->final_norm : NULL, ts->dln, ts->resid + L * M * C, m->final_norm,
+                           ts->rstdf, M, C);
     for (int l = (int)L - 1; l >= 0 && st == QLORA_OK; l--) {
         qlora_llama_acts *A = &ts->acts[ts->checkpointing ? 0 : l];
         if (ts->checkpointing && l != L - 1) {
@@ -9236,15 +9445,193 @@ QLORADEF qlora_status qlora_model_backward_scaled(qlora_model *m, qlora_train_st
             for (int t = 0; t < QLORA_TARGET_COUNT; t++) m->layers[l].lora[t].rng = after[t];
             if (st != QLORA_OK) break;
         }
-        st = qlora__ll_layer_backward(m, ts, l, A, err);
+        st = qlora__ll_layer_backward(m, ts, l, A, g, err);
     }
+    // 0. x = embed[tokens]: dres now holds dL/d resid[0]
+    if (st == QLORA_OK && g) qlora_embedding_backward(g->embed, ts->dres, ts->tokens, M, C);
     return st;
+}
+
+QLORADEF qlora_status qlora_model_backward_scaled(qlora_model *m, qlora_train_state *ts, float scale,
+                                                  qlora_error *err) {
+    return qlora__ll_backward(m, ts, scale, NULL, err);
 }
 
 QLORADEF qlora_status qlora_model_backward(qlora_model *m, qlora_train_state *ts, qlora_error *err) {
     if (!ts) return qlora__fail(err, QLORA_ERR_ARG, "model backward: NULL train state");
     float scale = ts->n_counted > 0 ? 1.0f / (float)ts->n_counted : 0.0f;
     return qlora_model_backward_scaled(m, ts, scale, err);
+}
+
+// ---------------------------------------------------------------------------------------------
+// full-parameter training of dense models
+
+// Fills n values with N(0, std²) draws, Box-Muller on two counter-based uniforms per value, so the
+// values are a pure function of (key, index) and do not depend on the thread count.
+static void qlora__ll_fill_normal(float *x, int64_t n, float std, uint64_t key) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n > (1 << 15))
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        float u1 = 1.0f - qlora_hash_uniform(key, 2 * (uint64_t)i);   // (0, 1]
+        float u2 = qlora_hash_uniform(key, 2 * (uint64_t)i + 1);
+        x[i] = std * sqrtf(-2.0f * logf(u1)) * cosf(6.28318531f * u2);
+    }
+}
+
+QLORADEF qlora_status qlora_model_init_random_dense(qlora_model *m, const qlora_llama_config *cfg,
+                                                    const qlora_model_options *opt, uint64_t seed,
+                                                    qlora_error *err) {
+    if (!m || !cfg) return qlora__fail(err, QLORA_ERR_ARG, "model init random dense: NULL model or config");
+    memset(m, 0, sizeof *m);
+    qlora_status st = qlora_llama_config_validate(cfg, err);
+    if (st != QLORA_OK) return st;
+    qlora_model_options o = qlora__ll_opts(opt);
+    o.dense = 1;
+    m->cfg = *cfg;
+    st = qlora__ll_model_alloc(m, &o, err);
+    if (st != QLORA_OK) {
+        qlora_model_free(m);
+        return st;
+    }
+    const int64_t V = cfg->vocab_size, C = cfg->hidden_size;
+    const uint64_t gold = 0x9E3779B97F4A7C15ull;
+    const float std = 0.02f, std_out = 0.02f / sqrtf(2.0f * (float)cfg->n_layers);
+    qlora__ll_fill_normal(m->embed, V * C, std, seed + gold);
+    if (!cfg->tie_word_embeddings) qlora__ll_fill_normal(m->lm_head, V * C, std, seed + 2 * gold);
+    for (int64_t i = 0; i < C; i++) m->final_norm[i] = 1.0f;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        for (int64_t i = 0; i < C; i++) m->layers[l].input_norm[i] = m->layers[l].post_norm[i] = 1.0f;
+        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+            int64_t out, in;
+            qlora__ll_shape(cfg, t, &out, &in);
+            qlora__ll_fill_normal(m->layers[l].dense[t], out * in,
+                                  t == QLORA_TARGET_O || t == QLORA_TARGET_DOWN ? std_out : std,
+                                  seed + gold * (uint64_t)(3 + l * QLORA_TARGET_COUNT + t));
+        }
+    }
+    return QLORA_OK;
+}
+
+// The gradient views of a dense model, one arena; with base == NULL only the size. Returns bytes or -1.
+static int64_t qlora__ll_grads_layout(qlora_model_grads *g, const qlora_model *m, char *base) {
+    const qlora_llama_config *c = &m->cfg;
+    int64_t V = c->vocab_size, C = c->hidden_size;
+    qlora__ll_carver cv;
+    cv.base = base;
+    cv.off = 0;
+    cv.ok = 1;
+    float *embed = (float *)qlora__ll_carve(&cv, V, C, 4);
+    float *fn = (float *)qlora__ll_carve(&cv, 1, C, 4);
+    float *head = c->tie_word_embeddings ? NULL : (float *)qlora__ll_carve(&cv, V, C, 4);
+    for (int l = 0; l < c->n_layers; l++) {
+        qlora_llama_layer_grads lg;
+        memset(&lg, 0, sizeof lg);
+        lg.input_norm = (float *)qlora__ll_carve(&cv, 1, C, 4);
+        lg.post_norm = (float *)qlora__ll_carve(&cv, 1, C, 4);
+        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+            int64_t out, in;
+            qlora__ll_shape(c, t, &out, &in);
+            lg.w[t] = (float *)qlora__ll_carve(&cv, out, in, 4);
+        }
+        if (base) g->layers[l] = lg;
+    }
+    if (base) {
+        g->embed = embed;
+        g->final_norm = fn;
+        g->lm_head = head;
+    }
+    return cv.ok ? cv.off + 64 : -1;
+}
+
+// Appends (name, parameter, gradient, n) to g->params.
+static void qlora__ll_grads_param(qlora_model_grads *g, float *w, float *grad, int64_t n, const char *name) {
+    qlora_param *p = &g->params[g->n_params];
+    char *s = g->names + g->n_params * 96;
+    snprintf(s, 96, "%s", name);
+    p->name = s;
+    p->w = w;
+    p->g = grad;
+    p->n = n;
+    g->n_params++;
+    g->n_floats += n;
+}
+
+QLORADEF qlora_status qlora_model_grads_init(qlora_model_grads *g, qlora_model *m, qlora_error *err) {
+    if (!g) return qlora__fail(err, QLORA_ERR_ARG, "model grads: NULL gradients");
+    memset(g, 0, sizeof *g);
+    if (!m || !m->layers) return qlora__fail(err, QLORA_ERR_ARG, "model grads: NULL or empty model");
+    if (!m->dense)
+        return qlora__fail(err, QLORA_ERR_UNSUPPORTED,
+                           "model grads: the model's projections are NF4 (full-parameter training needs a "
+                           "dense model: options.dense = 1 or qlora_model_init_random_dense)");
+    const qlora_llama_config *c = &m->cfg;
+    int64_t L = c->n_layers, V = c->vocab_size, C = c->hidden_size;
+    int64_t cap = 3 + 9 * L, bytes = qlora__ll_grads_layout(g, m, NULL);
+    if (bytes < 0) return qlora__fail(err, QLORA_ERR_SHAPE, "model grads: sizes overflow");
+    g->layers = (qlora_llama_layer_grads *)qlora__calloc(L * (int64_t)sizeof(qlora_llama_layer_grads));
+    g->params = (qlora_param *)qlora__calloc(cap * (int64_t)sizeof(qlora_param));
+    g->names = (char *)qlora__calloc(cap * 96);
+    g->arena = qlora__calloc(bytes);
+    if (!g->layers || !g->params || !g->names || !g->arena) {
+        qlora_model_grads_free(g);
+        return qlora__fail(err, QLORA_ERR_NOMEM, "model grads: %lld bytes", (long long)bytes);
+    }
+    qlora__ll_grads_layout(g, m, qlora__ll_align(g->arena));
+    g->model = m;
+    g->cfg = *c;
+    char name[96];
+    qlora__ll_grads_param(g, m->embed, g->embed, V * C, "model.embed_tokens.weight");
+    for (int l = 0; l < c->n_layers; l++) {
+        qlora_llama_layer *ly = &m->layers[l];
+        qlora_llama_layer_grads *lg = &g->layers[l];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        qlora__ll_grads_param(g, ly->input_norm, lg->input_norm, C, name);
+        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+            int64_t out, in;
+            qlora__ll_shape(c, t, &out, &in);
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, qlora_target_path((qlora_target)t));
+            qlora__ll_grads_param(g, ly->dense[t], lg->w[t], out * in, name);
+            if (t == QLORA_TARGET_O) {
+                snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+                qlora__ll_grads_param(g, ly->post_norm, lg->post_norm, C, name);
+            }
+        }
+    }
+    qlora__ll_grads_param(g, m->final_norm, g->final_norm, C, "model.norm.weight");
+    if (g->lm_head) qlora__ll_grads_param(g, m->lm_head, g->lm_head, V * C, "lm_head.weight");
+    return QLORA_OK;
+}
+
+QLORADEF void qlora_model_grads_zero(qlora_model_grads *g) {
+    if (!g || !g->params) return;
+    for (int64_t i = 0; i < g->n_params; i++) memset(g->params[i].g, 0, sizeof(float) * (size_t)g->params[i].n);
+}
+
+QLORADEF void qlora_model_grads_free(qlora_model_grads *g) {
+    if (!g) return;
+    QLORA_FREE(g->layers);
+    QLORA_FREE(g->params);
+    QLORA_FREE(g->names);
+    QLORA_FREE(g->arena);
+    memset(g, 0, sizeof *g);
+}
+
+QLORADEF qlora_status qlora_model_backward_full(qlora_model *m, qlora_train_state *ts, qlora_model_grads *g,
+                                                float scale, qlora_error *err) {
+    if (!m || !m->layers || !ts || !ts->arena || !g)
+        return qlora__fail(err, QLORA_ERR_ARG, "backward full: NULL model, train state or gradients");
+    if (!m->dense)
+        return qlora__fail(err, QLORA_ERR_UNSUPPORTED,
+                           "backward full: the model's projections are NF4 (use qlora_model_backward for "
+                           "LoRA, or a dense model)");
+    const qlora_llama_config *a = &m->cfg, *b = &g->cfg;
+    if (g->model != m || !g->arena || a->vocab_size != b->vocab_size || a->hidden_size != b->hidden_size ||
+        a->intermediate_size != b->intermediate_size || a->n_layers != b->n_layers || a->n_heads != b->n_heads ||
+        a->n_kv_heads != b->n_kv_heads || a->head_dim != b->head_dim ||
+        a->tie_word_embeddings != b->tie_word_embeddings)
+        return qlora__fail(err, QLORA_ERR_ARG, "backward full: the gradients were made for another model");
+    return qlora__ll_backward(m, ts, scale, g, err);
 }
 
 
@@ -9319,11 +9706,37 @@ QLORADEF void qlora_kv_cache_free(qlora_kv_cache *kv) {
     memset(kv, 0, sizeof *kv);
 }
 
+// A token tree run through the cache (qlora_model_score_tree): row i of a step is node rows[i], kept in cache
+// slot n_prompt + slot[node], at position n_prompt + depth(node), attending to the prompt and its ancestors.
+typedef struct qlora__ll_tree {
+    const int32_t *parent;    // (nodes) parent node, -1 = child of the prompt; parents precede children
+    const int32_t *slot;      // (nodes) cache slot (after the prompt) of each node that is run
+    const int32_t *rows;      // (step rows) node of each row
+    int64_t        n_prompt;  // prompt positions 0 .. n_prompt-1 in the cache
+    uint8_t       *mask;      // (max_ctx) scratch: keys a row may attend to
+} qlora__ll_tree;
+
+static qlora_status qlora__ll_infer_ex(qlora_model *m, qlora_kv_cache *kv, const int32_t *tokens, int64_t n,
+                                       int want, double *pool, const qlora__ll_tree *tree, qlora_error *err);
+
 // Forward of n ≤ chunk tokens at positions kv->n.. (appended to the cache). want: 0 no logits,
 // 1 logits of the last row into kv->logits[0], 2 logits of every row. pool: adds the final
 // hidden rows when not NULL. Token ids must have been checked.
 static qlora_status qlora__ll_infer(qlora_model *m, qlora_kv_cache *kv, const int32_t *tokens, int64_t n,
                                     int want, double *pool, qlora_error *err) {
+    return qlora__ll_infer_ex(m, kv, tokens, n, want, pool, NULL, err);
+}
+
+// Depth of a tree node: 0 for a child of the prompt.
+static int64_t qlora__ll_tree_depth(const int32_t *parent, int64_t node) {
+    int64_t d = 0;
+    for (int64_t a = parent[node]; a >= 0; a = parent[a]) d++;
+    return d;
+}
+
+// The same with tree == NULL; with a tree, rows get tree positions and tree-masked attention.
+static qlora_status qlora__ll_infer_ex(qlora_model *m, qlora_kv_cache *kv, const int32_t *tokens, int64_t n,
+                                       int want, double *pool, const qlora__ll_tree *tree, qlora_error *err) {
     const qlora_llama_config *c = &m->cfg;
     int64_t C = c->hidden_size, H = c->intermediate_size, V = c->vocab_size, p0 = kv->n;
     int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim;
@@ -9331,7 +9744,8 @@ static qlora_status qlora__ll_infer(qlora_model *m, qlora_kv_cache *kv, const in
     qlora_lora_cache cache;
     memset(&cache, 0, sizeof cache);
     cache.xa = kv->xa;
-    for (int64_t i = 0; i < n; i++) kv->pos[i] = (int32_t)(p0 + i);
+    for (int64_t i = 0; i < n; i++)
+        kv->pos[i] = (int32_t)(tree ? tree->n_prompt + qlora__ll_tree_depth(tree->parent, tree->rows[i]) : p0 + i);
     qlora_status st = qlora_embedding_forward(kv->x, tokens, m->embed, n, C, V, err);
     for (int l = 0; l < c->n_layers && st == QLORA_OK; l++) {
         const qlora_llama_layer *ly = &m->layers[l];
@@ -9343,9 +9757,21 @@ static qlora_status qlora__ll_infer(qlora_model *m, qlora_kv_cache *kv, const in
         if (st != QLORA_OK) break;
         qlora_rope_forward(kv->q, kv->pos, m->rope_cos, m->rope_sin, n, c->n_heads, c->head_dim);
         qlora_rope_forward(kl + p0 * KD, kv->pos, m->rope_cos, m->rope_sin, n, c->n_kv_heads, c->head_dim);
-        for (int64_t i = 0; i < n; i++)   // row i sees positions 0 .. p0+i
+        for (int64_t i = 0; i < n && !tree; i++)   // row i sees positions 0 .. p0+i
             qlora_attention_decode(kv->ao + i * QD, kv->scores, kv->q + i * QD, kl, vl, p0 + i + 1, c->n_heads,
                                    c->n_kv_heads, c->head_dim);
+        for (int64_t i = 0; i < n && tree; i++) {   // node sees the prompt, its ancestors and itself
+            int64_t node = tree->rows[i], np = tree->n_prompt, G = c->n_heads / c->n_kv_heads;
+            int64_t nk = np + tree->slot[node] + 1;   // ancestors sit in earlier slots
+            memset(tree->mask, 1, (size_t)np);
+            memset(tree->mask + np, 0, (size_t)(nk - np));
+            for (int64_t a = node; a >= 0; a = tree->parent[a]) tree->mask[np + tree->slot[a]] = 1;
+            float scale = (float)(1.0 / sqrt((double)c->head_dim));
+            for (int64_t h = 0; h < c->n_heads; h++)
+                qlora__att_row(kv->ao + i * QD + h * c->head_dim, kv->scores + h * kv->max_ctx,
+                               kv->q + i * QD + h * c->head_dim, kl + (h / G) * c->head_dim,
+                               vl + (h / G) * c->head_dim, KD, tree->mask, nk, c->head_dim, scale);
+        }
         st = qlora__ll_proj(m, l, QLORA_TARGET_O, kv->tmp, kv->ao, &cache, n, 0, err);
         if (st != QLORA_OK) break;
         qlora__ll_add(kv->x, kv->tmp, n * C);
@@ -9555,6 +9981,79 @@ QLORADEF qlora_status qlora_model_score(qlora_model *m, qlora_kv_cache *kv, cons
     return st;
 }
 
+QLORADEF qlora_status qlora_model_score_tree(qlora_model *m, qlora_kv_cache *kv, const int32_t *prompt,
+                                             int64_t n_prompt, const int32_t *node_token,
+                                             const int32_t *node_parent, int64_t n, double *logp,
+                                             qlora_error *err) {
+    if (!kv || n_prompt < 1 || n < 0 || (n > 0 && (!node_token || !node_parent || !logp)))
+        return qlora__fail(err, QLORA_ERR_ARG,
+                           "model score tree: needs a cache, n_prompt ≥ 1, n ≥ 0 and node arrays");
+    kv->n = 0;
+    qlora_status st = qlora__ll_infer_check(m, kv, prompt, n_prompt, "model score tree", err);
+    if (st != QLORA_OK) return st;
+    for (int64_t i = 0; i < n; i++) {
+        if (node_parent[i] < -1 || node_parent[i] >= i)
+            return qlora__fail(err, QLORA_ERR_ARG, "model score tree: node %lld has parent %d (must be -1 or < %lld)",
+                               (long long)i, (int)node_parent[i], (long long)i);
+        if (node_token[i] < 0 || node_token[i] >= m->cfg.vocab_size)
+            return qlora__fail(err, QLORA_ERR_ARG, "model score tree: node %lld has token %d outside [0, %d)",
+                               (long long)i, (int)node_token[i], (int)m->cfg.vocab_size);
+    }
+    int64_t V = m->cfg.vocab_size, chunk = kv->chunk;
+    // Only nodes with children run through the model: a leaf's probability comes from its parent's logits, and
+    // no node attends to it. Scratch: the mask (max_ctx), slot (n), rows + tokens of a step (chunk each).
+    int64_t mask_bytes = ((kv->max_ctx + 63) / 64) * 64;
+    uint8_t *buf = (uint8_t *)qlora__alloc(mask_bytes + (int64_t)sizeof(int32_t) * (n + 2 * chunk) + 64);
+    if (!buf) return qlora__fail(err, QLORA_ERR_NOMEM, "model score tree: scratch for %lld nodes", (long long)n);
+    int32_t *slot = (int32_t *)(void *)(buf + mask_bytes);   // (n): slot of a node that runs, -1 for leaves
+    int32_t *rows = slot + n, *toks = rows + chunk;         // (chunk) each
+    int64_t n_run = 0;
+    for (int64_t i = 0; i < n; i++) slot[i] = -1;
+    for (int64_t i = 0; i < n; i++)
+        if (node_parent[i] >= 0) slot[node_parent[i]] = 0;   // has a child
+    for (int64_t i = 0; i < n; i++)
+        if (slot[i] == 0) slot[i] = (int32_t)n_run++;   // in node order, so parents get earlier slots
+    if (n_run > kv->max_ctx - n_prompt) {
+        QLORA_FREE(buf);
+        return qlora__fail(err, QLORA_ERR_ARG,
+                           "model score tree: %lld prompt tokens + %lld inner nodes exceed the cache's %lld slots",
+                           (long long)n_prompt, (long long)n_run, (long long)kv->max_ctx);
+    }
+    qlora__ll_tree tree;
+    tree.parent = node_parent;
+    tree.slot = slot;
+    tree.rows = rows;
+    tree.n_prompt = n_prompt;
+    tree.mask = buf;
+    st = qlora_model_prefill(m, kv, prompt, n_prompt, kv->probs, err);
+    if (st == QLORA_OK) {
+        qlora_log_softmax(kv->probs, kv->probs, V);   // log p(· | prompt)
+        for (int64_t i = 0; i < n; i++)
+            if (node_parent[i] < 0) logp[i] = (double)kv->probs[node_token[i]];
+    }
+    int64_t next = 0;   // next node to consider for a step
+    for (int64_t s0 = 0; s0 < n_run && st == QLORA_OK; s0 += chunk) {
+        int64_t k = 0;
+        for (; next < n && k < chunk; next++)
+            if (slot[next] >= 0) {
+                rows[k] = (int32_t)next;
+                toks[k++] = node_token[next];
+            }
+        kv->n = n_prompt + s0;   // these rows fill slots s0 .. s0+k-1
+        st = qlora__ll_infer_ex(m, kv, toks, k, 2, NULL, &tree, err);
+        if (st != QLORA_OK) break;
+        for (int64_t r = 0; r < k; r++) qlora_log_softmax(kv->logits + r * V, kv->logits + r * V, V);
+        for (int64_t c = rows[0] + 1; c < n; c++) {
+            int32_t p = node_parent[c];
+            if (p >= 0 && slot[p] >= s0 && slot[p] < s0 + k)
+                logp[c] = (double)kv->logits[(int64_t)(slot[p] - s0) * V + node_token[c]];
+        }
+    }
+    QLORA_FREE(buf);
+    kv->n = 0;
+    return st;
+}
+
 QLORADEF qlora_status qlora_model_embed(qlora_model *m, qlora_kv_cache *kv, const int32_t *tokens, int64_t n,
                                         float *out, qlora_error *err) {
     if (!kv || !out || n < 1)
@@ -9577,8 +10076,10 @@ QLORADEF qlora_status qlora_model_embed(qlora_model *m, qlora_kv_cache *kv, cons
 // ---------------------------------------------------------------------------------------------
 // bitsandbytes 4-bit checkpoint writer and PEFT adapter reader
 
-// config.json of the model with a bitsandbytes quantization_config; keys sorted as transformers writes.
-static qlora_status qlora__ll_bnb_config(const qlora_model *m, int dq, qlora_json_writer *w, qlora_error *err) {
+// config.json of the model with a bitsandbytes quantization_config (dq 0 or 1: its double-quant flag)
+// or none (dq < 0); keys sorted as transformers writes.
+static qlora_status qlora__ll_bnb_config(const qlora_model *m, int dq, const char *torch_dtype, qlora_json_writer *w,
+                                         qlora_error *err) {
     const qlora_llama_config *c = &m->cfg;
     qlora_jw_init(w, 2, 1);
     qlora_jw_object_begin(w);
@@ -9614,35 +10115,37 @@ static qlora_status qlora__ll_bnb_config(const qlora_model *m, int dq, qlora_jso
     qlora_jw_int(w, c->n_kv_heads);
     qlora_jw_key(w, "pad_token_id");
     if (c->pad_token_id >= 0) qlora_jw_int(w, c->pad_token_id); else qlora_jw_null(w);
-    qlora_jw_key(w, "quantization_config");   // spec §3.3, BitsAndBytesConfig.to_dict()
-    qlora_jw_object_begin(w);
-    qlora_jw_key(w, "_load_in_4bit");
-    qlora_jw_bool(w, 1);
-    qlora_jw_key(w, "_load_in_8bit");
-    qlora_jw_bool(w, 0);
-    qlora_jw_key(w, "bnb_4bit_compute_dtype");
-    qlora_jw_string(w, "float32");
-    qlora_jw_key(w, "bnb_4bit_quant_storage");
-    qlora_jw_string(w, "uint8");
-    qlora_jw_key(w, "bnb_4bit_quant_type");
-    qlora_jw_string(w, "nf4");
-    qlora_jw_key(w, "bnb_4bit_use_double_quant");
-    qlora_jw_bool(w, dq);
-    qlora_jw_key(w, "llm_int8_enable_fp32_cpu_offload");
-    qlora_jw_bool(w, 0);
-    qlora_jw_key(w, "llm_int8_has_fp16_weight");
-    qlora_jw_bool(w, 0);
-    qlora_jw_key(w, "llm_int8_skip_modules");
-    qlora_jw_null(w);
-    qlora_jw_key(w, "llm_int8_threshold");
-    qlora_jw_double(w, 6.0);
-    qlora_jw_key(w, "load_in_4bit");
-    qlora_jw_bool(w, 1);
-    qlora_jw_key(w, "load_in_8bit");
-    qlora_jw_bool(w, 0);
-    qlora_jw_key(w, "quant_method");
-    qlora_jw_string(w, "bitsandbytes");
-    qlora_jw_object_end(w);
+    if (dq >= 0) {
+        qlora_jw_key(w, "quantization_config");   // spec §3.3, BitsAndBytesConfig.to_dict()
+        qlora_jw_object_begin(w);
+        qlora_jw_key(w, "_load_in_4bit");
+        qlora_jw_bool(w, 1);
+        qlora_jw_key(w, "_load_in_8bit");
+        qlora_jw_bool(w, 0);
+        qlora_jw_key(w, "bnb_4bit_compute_dtype");
+        qlora_jw_string(w, "float32");
+        qlora_jw_key(w, "bnb_4bit_quant_storage");
+        qlora_jw_string(w, "uint8");
+        qlora_jw_key(w, "bnb_4bit_quant_type");
+        qlora_jw_string(w, "nf4");
+        qlora_jw_key(w, "bnb_4bit_use_double_quant");
+        qlora_jw_bool(w, dq);
+        qlora_jw_key(w, "llm_int8_enable_fp32_cpu_offload");
+        qlora_jw_bool(w, 0);
+        qlora_jw_key(w, "llm_int8_has_fp16_weight");
+        qlora_jw_bool(w, 0);
+        qlora_jw_key(w, "llm_int8_skip_modules");
+        qlora_jw_null(w);
+        qlora_jw_key(w, "llm_int8_threshold");
+        qlora_jw_double(w, 6.0);
+        qlora_jw_key(w, "load_in_4bit");
+        qlora_jw_bool(w, 1);
+        qlora_jw_key(w, "load_in_8bit");
+        qlora_jw_bool(w, 0);
+        qlora_jw_key(w, "quant_method");
+        qlora_jw_string(w, "bitsandbytes");
+        qlora_jw_object_end(w);
+    }
     qlora_jw_key(w, "rms_norm_eps");
     qlora_jw_float(w, c->rms_norm_eps);
     qlora_jw_key(w, "rope_scaling");
@@ -9661,7 +10164,7 @@ static qlora_status qlora__ll_bnb_config(const qlora_model *m, int dq, qlora_jso
     qlora_jw_key(w, "tie_word_embeddings");
     qlora_jw_bool(w, c->tie_word_embeddings);
     qlora_jw_key(w, "torch_dtype");
-    qlora_jw_string(w, "float32");
+    qlora_jw_string(w, torch_dtype);
     qlora_jw_key(w, "vocab_size");
     qlora_jw_int(w, c->vocab_size);
     qlora_jw_object_end(w);
@@ -9670,6 +10173,10 @@ static qlora_status qlora__ll_bnb_config(const qlora_model *m, int dq, qlora_jso
 
 QLORADEF qlora_status qlora_model_save_bnb4(const qlora_model *m, const char *dir, qlora_error *err) {
     if (!m || !m->layers || !dir) return qlora__fail(err, QLORA_ERR_ARG, "save bnb4: NULL model or directory");
+    if (m->dense)
+        return qlora__fail(err, QLORA_ERR_UNSUPPORTED,
+                           "save bnb4: a dense model (save it with qlora_model_save_dense; loading that "
+                           "quantizes it)");
     const qlora_llama_config *c = &m->cfg;
     int64_t L = c->n_layers, V = c->vocab_size, C = c->hidden_size;
     int64_t n_proj = L * QLORA_TARGET_COUNT, cap = 3 + 2 * L + 6 * n_proj;
@@ -9758,7 +10265,7 @@ QLORADEF qlora_status qlora_model_save_bnb4(const qlora_model *m, const char *di
     }
 #undef QLORA__ENTRY
     if (st == QLORA_OK) st = qlora_safetensors_write(path, e, n, NULL, err);
-    if (st == QLORA_OK) st = qlora__ll_bnb_config(m, dq, &cw, err);
+    if (st == QLORA_OK) st = qlora__ll_bnb_config(m, dq, "float32", &cw, err);
     if (st == QLORA_OK) st = qlora_write_file_atomic(cpath, cw.buf, cw.len, err);
     qlora_jw_free(&cw);
     if (qs)
@@ -9771,9 +10278,113 @@ QLORADEF qlora_status qlora_model_save_bnb4(const qlora_model *m, const char *di
     return st;
 }
 
+// Every tensor of the model as fp32 in HF names, projections dequantized (+ adapters merged) unless
+// dense, converted to dtype and streamed into dir/model.safetensors; then config.json.
+QLORADEF qlora_status qlora_model_save_dense(const qlora_model *m, const char *dir, qlora_dtype dtype,
+                                             qlora_error *err) {
+    if (!m || !m->layers || !dir) return qlora__fail(err, QLORA_ERR_ARG, "save dense: NULL model or directory");
+    if (dtype != QLORA_DTYPE_F32 && dtype != QLORA_DTYPE_BF16 && dtype != QLORA_DTYPE_F16)
+        return qlora__fail(err, QLORA_ERR_ARG, "save dense: dtype %s (F32, BF16 or F16)", qlora_dtype_name(dtype));
+    const qlora_llama_config *c = &m->cfg;
+    int64_t L = c->n_layers, V = c->vocab_size, C = c->hidden_size, cap = 3 + 9 * L, n = 0, biggest = V * C;
+    for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+        int64_t out, in;
+        qlora__ll_shape(c, t, &out, &in);
+        if (out * in > biggest) biggest = out * in;
+    }
+    qlora_st_entry *e = (qlora_st_entry *)qlora__calloc(cap * (int64_t)sizeof(qlora_st_entry));
+    const float **src = (const float **)qlora__calloc(cap * (int64_t)sizeof(float *));
+    int32_t *proj = (int32_t *)qlora__calloc(cap * 4);   // l·7 + t + 1 for an NF4 projection, else 0
+    char *names = (char *)qlora__alloc(cap * 96);
+    float *buf = m->dense ? NULL : (float *)qlora__alloc(biggest * 4);
+    uint16_t *half = dtype == QLORA_DTYPE_F32 ? NULL : (uint16_t *)qlora__alloc(biggest * 2);
+    char *path = qlora__ll_join(dir, "model.safetensors"), *cpath = qlora__ll_join(dir, "config.json");
+    qlora_st_writer sw;
+    memset(&sw, 0, sizeof sw);
+    qlora_json_writer cw;
+    memset(&cw, 0, sizeof cw);
+    qlora_status st = QLORA_OK;
+    if (!e || !src || !proj || !names || (!m->dense && !buf) || (dtype != QLORA_DTYPE_F32 && !half) || !path ||
+        !cpath)
+        st = qlora__fail(err, QLORA_ERR_NOMEM, "save dense: %s", dir);
+#define QLORA__ENTRY(p, pj, d0, d1, nd, ...)                                       \
+    do {                                                                           \
+        snprintf(names + n * 96, 96, __VA_ARGS__);                                 \
+        e[n].name = names + n * 96;                                                \
+        e[n].dtype = dtype;                                                        \
+        e[n].ndim = nd;                                                            \
+        e[n].shape[0] = d0;                                                        \
+        e[n].shape[1] = d1;                                                        \
+        e[n].data = names; /* the streaming writer ignores it */                   \
+        src[n] = p;                                                                \
+        proj[n] = pj;                                                              \
+        n++;                                                                       \
+    } while (0)
+    if (st == QLORA_OK) {
+        QLORA__ENTRY(m->embed, 0, V, C, 2, "model.embed_tokens.weight");
+        for (int l = 0; l < L; l++) {
+            const qlora_llama_layer *ly = &m->layers[l];
+            QLORA__ENTRY(ly->input_norm, 0, C, 0, 1, "model.layers.%d.input_layernorm.weight", l);
+            for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+                int64_t out, in;
+                qlora__ll_shape(c, t, &out, &in);
+                QLORA__ENTRY(ly->dense[t], m->dense ? 0 : l * QLORA_TARGET_COUNT + t + 1, out, in, 2,
+                             "model.layers.%d.%s.weight", l, qlora_target_path((qlora_target)t));
+                if (t == QLORA_TARGET_O)
+                    QLORA__ENTRY(ly->post_norm, 0, C, 0, 1, "model.layers.%d.post_attention_layernorm.weight", l);
+            }
+        }
+        QLORA__ENTRY(m->final_norm, 0, C, 0, 1, "model.norm.weight");
+        if (!c->tie_word_embeddings) QLORA__ENTRY(m->lm_head, 0, V, C, 2, "lm_head.weight");
+    }
+#undef QLORA__ENTRY
+    if (st == QLORA_OK) st = qlora_st_writer_begin(&sw, path, e, n, NULL, err);
+    for (int64_t k = 0; k < n && st == QLORA_OK; k++) {
+        int64_t cnt = e[k].ndim == 2 ? e[k].shape[0] * e[k].shape[1] : e[k].shape[0];
+        const float *x = src[k];
+        if (proj[k]) {
+            const qlora_llama_layer *ly = &m->layers[(proj[k] - 1) / QLORA_TARGET_COUNT];
+            int t = (proj[k] - 1) % QLORA_TARGET_COUNT;
+            st = ly->lora[t].A ? qlora_lora_merge(buf, &ly->lora[t], &ly->w[t], err)
+                               : qlora_nf4_dequantize(buf, &ly->w[t], err);
+            if (st != QLORA_OK) {
+                st = qlora__ll_wrap(err, st, "save dense: %s", e[k].name);
+                break;
+            }
+            x = buf;
+        }
+        const void *bytes = x;
+        if (dtype == QLORA_DTYPE_BF16) qlora_f32_to_bf16(half, x, cnt);
+        if (dtype == QLORA_DTYPE_F16) qlora_f32_to_f16(half, x, cnt);
+        if (dtype != QLORA_DTYPE_F32) bytes = half;
+        st = qlora_st_writer_append(&sw, bytes, cnt * (dtype == QLORA_DTYPE_F32 ? 4 : 2), err);
+    }
+    if (st == QLORA_OK) st = qlora_st_writer_finish(&sw, err);
+    if (st != QLORA_OK) qlora_st_writer_abort(&sw);
+    if (st == QLORA_OK)
+        st = qlora__ll_bnb_config(m, -1,
+                                  dtype == QLORA_DTYPE_F32    ? "float32"
+                                  : dtype == QLORA_DTYPE_BF16 ? "bfloat16"
+                                                              : "float16",
+                                  &cw, err);
+    if (st == QLORA_OK) st = qlora_write_file_atomic(cpath, cw.buf, cw.len, err);
+    qlora_jw_free(&cw);
+    QLORA_FREE(e);
+    QLORA_FREE(src);
+    QLORA_FREE(proj);
+    QLORA_FREE(names);
+    QLORA_FREE(buf);
+    QLORA_FREE(half);
+    QLORA_FREE(path);
+    QLORA_FREE(cpath);
+    return st;
+}
+
 QLORADEF qlora_status qlora_model_load_adapter(qlora_model *m, const char *dir, qlora_error *err) {
     if (!m || !m->layers || !dir)
         return qlora__fail(err, QLORA_ERR_ARG, "load adapter: NULL model or directory");
+    if (m->dense)
+        return qlora__fail(err, QLORA_ERR_UNSUPPORTED, "load adapter: %s: LoRA adapters on a dense model", dir);
     const qlora_llama_config *c = &m->cfg;
     char *cpath = qlora__ll_join(dir, "adapter_config.json"),
          *wpath = qlora__ll_join(dir, "adapter_model.safetensors");

@@ -9,7 +9,7 @@
    (qlora.h's own QLORA_IMPLEMENTATION may live in the same or in another file.)
 
    TABLE OF CONTENTS
-      1. public API: context, options, devices, the qlora_backend table, residency, direct calls
+      1. public API: context, options, devices, the qlora_backend table, residency, direct calls, stats
       2. implementation: loader, instance/device, buffers, pipelines, resident weights, dispatch
 
    QUICK START
@@ -114,6 +114,16 @@ QLORADEF const char  *qlora_vk_name(const qlora_vk *ctx);
 // Validation messages (warnings and errors) received so far, and the text of the last one ("" if none).
 QLORADEF int64_t      qlora_vk_validation_messages(const qlora_vk *ctx);
 QLORADEF const char  *qlora_vk_validation_last(const qlora_vk *ctx);
+
+// Work this context has done on the device so far (reports, and tests that the backend was used).
+typedef struct qlora_vk_stats {
+    int64_t forward;      // nf4_linear_forward calls completed (GEMM and GEMV)
+    int64_t backward;     // nf4_linear_backward calls completed
+    int64_t dequantize;   // qlora_vk_nf4_dequantize calls completed
+    int64_t uploads;      // weights made resident
+    double  flops;        // 2·M·rows·cols summed over the forward and backward calls
+} qlora_vk_stats;
+QLORADEF qlora_vk_stats qlora_vk_get_stats(const qlora_vk *ctx);   // zeros for NULL
 
 // Uploads w now (otherwise the first forward/backward does). Idempotent.
 QLORADEF qlora_status qlora_vk_upload(qlora_vk *ctx, const qlora_nf4 *w, qlora_error *err);
@@ -310,6 +320,7 @@ struct qlora_vk {
 
     qlora__vk_weight **weights;          // resident weights
     int32_t            nweights, capweights;
+    qlora_vk_stats     stats;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1312,6 +1323,7 @@ static qlora_status qlora__vk_resident(qlora_vk *vk, const qlora_nf4 *w, qlora__
     st = qlora__vk_weight_upload(vk, w, &rw, err);
     if (st != QLORA_OK) return st;
     vk->weights[vk->nweights++] = rw;
+    vk->stats.uploads++;
     ((qlora_nf4 *)w)->backend_data = rw;   // cache link: the one field a backend may write
     *out = rw;
     return QLORA_OK;
@@ -1645,6 +1657,12 @@ QLORADEF qlora_status qlora_vk_device_name(int32_t index, char *name, size_t cap
 QLORADEF const qlora_backend *qlora_vk_backend(qlora_vk *vk) { return vk ? &vk->backend : NULL; }
 QLORADEF const char *qlora_vk_name(const qlora_vk *vk) { return vk ? vk->name : ""; }
 QLORADEF int64_t qlora_vk_validation_messages(const qlora_vk *vk) { return vk ? vk->vmsg : 0; }
+QLORADEF qlora_vk_stats qlora_vk_get_stats(const qlora_vk *vk) {
+    qlora_vk_stats s;
+    if (vk) return vk->stats;
+    memset(&s, 0, sizeof s);
+    return s;
+}
 QLORADEF const char *qlora_vk_validation_last(const qlora_vk *vk) { return vk ? vk->vlast : ""; }
 
 QLORADEF qlora_status qlora_vk_upload(qlora_vk *vk, const qlora_nf4 *w, qlora_error *err) {
@@ -1668,7 +1686,12 @@ QLORADEF qlora_status qlora_vk_nf4_linear_forward(qlora_vk *vk, float *y, const 
                                                   int64_t M, qlora_error *err) {
     if (!x || !y)
         return qlora__vk_fail(err, QLORA_ERR_ARG, "qlora_vk_nf4_linear_forward: %s is NULL", x ? "y" : "x");
-    return qlora__vk_linear(vk, QLORA__VK_OP_FWD, y, x, w, M, 1, err);
+    qlora_status st = qlora__vk_linear(vk, QLORA__VK_OP_FWD, y, x, w, M, 1, err);
+    if (st == QLORA_OK) {
+        vk->stats.forward++;
+        vk->stats.flops += 2.0 * (double)M * (double)w->rows * (double)w->cols;
+    }
+    return st;
 }
 
 QLORADEF qlora_status qlora_vk_nf4_linear_backward(qlora_vk *vk, float *dx, const float *dy,
@@ -1676,7 +1699,12 @@ QLORADEF qlora_status qlora_vk_nf4_linear_backward(qlora_vk *vk, float *dx, cons
     if (!dx || !dy)
         return qlora__vk_fail(err, QLORA_ERR_ARG, "qlora_vk_nf4_linear_backward: %s is NULL",
                               dx ? "dy" : "dx");
-    return qlora__vk_linear(vk, QLORA__VK_OP_BWD, dx, dy, w, M, 1, err);
+    qlora_status st = qlora__vk_linear(vk, QLORA__VK_OP_BWD, dx, dy, w, M, 1, err);
+    if (st == QLORA_OK) {
+        vk->stats.backward++;
+        vk->stats.flops += 2.0 * (double)M * (double)w->rows * (double)w->cols;
+    }
+    return st;
 }
 
 QLORADEF qlora_status qlora_vk_bench_linear(qlora_vk *vk, const qlora_nf4 *w, int64_t M, int backward,
@@ -1755,6 +1783,7 @@ QLORADEF qlora_status qlora_vk_nf4_dequantize(qlora_vk *vk, float *out, const ql
             memcpy(out + (c->row0 + r0) * K, vk->direct ? vk->act_out.map : vk->stage_out.map, (size_t)bytes);
         }
     }
+    vk->stats.dequantize++;
     return QLORA_OK;
 }
 

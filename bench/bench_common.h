@@ -18,7 +18,27 @@
 
 #ifdef QLORA_USE_OPENBLAS
 void openblas_set_num_threads(int num_threads);
+int openblas_get_parallel(void);
 #endif
+
+// How OpenBLAS runs its threads: 2 = OpenMP (libgomp's team, the same threads as the NF4 kernels:
+// one pool), 1 = its own pthread pool (its threads and the OpenMP threads spin against each other
+// on a small machine), 0 = single-threaded build, -1 = built without OpenBLAS.
+static inline int bc_blas_parallel(void) {
+#ifdef QLORA_USE_OPENBLAS
+    return openblas_get_parallel();
+#else
+    return -1;
+#endif
+}
+static inline const char *bc_blas_parallel_name(void) {
+    switch (bc_blas_parallel()) {
+    case 2: return "OpenMP build of OpenBLAS: one thread pool with the kernels";
+    case 1: return "pthread build of OpenBLAS: its own thread pool next to OpenMP's";
+    case 0: return "single-threaded build of OpenBLAS";
+    default: return "no OpenBLAS";
+    }
+}
 
 static inline double bc_now(void) {
     struct timespec t;
@@ -31,6 +51,13 @@ static inline double bc_now(void) {
 static inline double bc_cpu_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// CPU seconds of the calling thread.
+static inline double bc_thread_cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -214,8 +241,9 @@ static inline double bc_sgemm_gflops(int impl, int trans_b, int64_t M, int64_t N
 }
 
 // Streaming read bandwidth in GB/s: a plain float sum over `bytes` (beyond the LLC) on every
-// thread, best of `reps`.
-static inline double bc_stream_read(int64_t bytes, int reps) {
+// thread, best of `reps`. thread_cpu = 1 times each pass by the largest thread CPU time instead of
+// the wall clock (for a machine shared with other jobs; see bench_nf4's `cputime`).
+static inline double bc_stream_read_timed(int64_t bytes, int reps, int thread_cpu) {
     const int64_t n = bytes / 4 / 64 * 64;
     float *buf = (float *)bc_xmalloc((size_t)n * sizeof(float));
     double best = 0.0;
@@ -224,9 +252,9 @@ static inline double bc_stream_read(int64_t bytes, int reps) {
 #endif
     for (int64_t i = 0; i < n; i++) buf[i] = 1.0f;
     for (int rep = 0; rep < reps; rep++) {
-        double t0 = bc_now(), total = 0.0;
+        double t0 = bc_now(), total = 0.0, tmax = 0.0;
 #ifdef _OPENMP
-#pragma omp parallel reduction(+ : total)
+#pragma omp parallel reduction(+ : total) reduction(max : tmax)
 #endif
         {
             int64_t tid = 0, nt = 1;
@@ -234,18 +262,21 @@ static inline double bc_stream_read(int64_t bytes, int reps) {
             tid = omp_get_thread_num();
             nt = omp_get_num_threads();
 #endif
+            const double c0 = bc_thread_cpu_now();
             int64_t a = n * tid / nt / 64 * 64, b = (tid + 1 == nt) ? n : n * (tid + 1) / nt / 64 * 64;
             float acc[16] = { 0 };
             for (int64_t i = a; i < b; i += 16)
                 for (int j = 0; j < 16; j++) acc[j] += buf[i + j];
             for (int j = 0; j < 16; j++) total += acc[j];
+            tmax = bc_thread_cpu_now() - c0;
         }
-        double t = bc_now() - t0;
+        double t = thread_cpu ? tmax : bc_now() - t0;
         if (total != (double)n) fprintf(stderr, "bench: stream read: bad sum\n");
         if ((double)n * 4.0 / t / 1e9 > best) best = (double)n * 4.0 / t / 1e9;
     }
     free(buf);
     return best;
 }
+static inline double bc_stream_read(int64_t bytes, int reps) { return bc_stream_read_timed(bytes, reps, 0); }
 
 #endif // QLORA_BENCH_COMMON_H

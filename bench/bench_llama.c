@@ -14,12 +14,17 @@
 //      8-bit AdamW: peak RSS (target <= 5.5 GiB) and step time against the FLOP bound (<= 1.5x).
 //
 // Arguments: `7b` adds 2 and 4 (about 5.5 GB of memory and about 6 minutes), `7b-only` runs only
-// them, `quick` shortens everything, `notorch` skips the PyTorch reference.
+// them, `quick` shortens everything, `notorch` skips the PyTorch reference, `passive` runs everything
+// (references included) with OMP_WAIT_POLICY=passive: on a machine shared with other jobs, threads
+// that spin while they wait take the cores their descheduled teammates need (config S ran 2.9x
+// faster so at load 5; see the S diagnostic below, which runs the other policy).
 // Runs on 2 threads. Each model runs in a child process (this program with `--child ...`), so that
 // its peak RSS (VmHWM) is its own. Other jobs on the machine slow every figure down: the load
 // average and each step's CPU-seconds / wall-seconds are printed (2.0 = both cores were ours).
 // For experiments: `bench_llama --child train S|M PEAK WARMUP STEPS TAG own` runs one config with
-// exec.kernel = QLORA_KERNEL_SIMD (the library's own GEMM for every matmul, no OpenBLAS call).
+// exec.kernel = QLORA_KERNEL_SIMD (the library's own GEMM for every matmul, no OpenBLAS call);
+// `bench_llama --child decode LAYERS TOKENS` runs the decode of item 2 on the 7b shape cut to LAYERS
+// layers (about 0.45 GB of NF4 + 1 GB of fp32 embedding and lm_head for 4), with its own bandwidth figure.
 //
 // FLOPs of one LoRA training step (N = B·T tokens, per layer the seven frozen projections hold
 // P_l = in·out weights summed, r the LoRA rank, NH heads of HD dims, V vocab, C hidden):
@@ -554,6 +559,98 @@ static int bl_child_train(const bl_cfg *c, double peak, int warmup, int steps) {
     return 0;
 }
 
+// Decode of n_dec tokens after a 32-token prompt: tokens/s against the NF4 bytes one token must read
+// over the streaming-read bandwidth bw (GB/s). The NF4 GEMV time comes from the timing backend be.
+static void bl_decode(qlora_model *m, const bl_cfg *c, double bw, int n_dec, bl_nf4_timer *nt, qlora_backend *be) {
+    const int n_prompt = 32;
+    qlora_error err;
+    qlora_status st;
+    qlora_kv_cache kv;
+    st = qlora_kv_cache_init(&kv, m, 128, 0, &err);
+    if (st != QLORA_OK) bl_die("qlora_kv_cache_init", st, &err);
+    int32_t prompt[32];
+    uint64_t s = 777;
+    for (int i = 0; i < n_prompt; i++) prompt[i] = (int32_t)(bc_rng_u64(&s) % (uint64_t)c->vocab);
+    float *logits = (float *)bc_xmalloc(sizeof(float) * (size_t)c->vocab);
+    double t0 = bc_now();
+    st = qlora_model_prefill(m, &kv, prompt, n_prompt, logits, &err);
+    if (st != QLORA_OK) bl_die("prefill", st, &err);
+    const double t_prefill = bc_now() - t0;
+    m->exec.backend = be;
+    bl_timer_reset(nt, m->exec.kernel);
+    double best = 1e30, total = 0.0, c0 = bc_cpu_now();
+    int32_t tok = prompt[n_prompt - 1];
+    for (int i = 0; i < n_dec; i++) {
+        double a = bc_now();
+        st = qlora_model_forward_decode(m, &kv, tok, kv.n, logits, &err);
+        if (st != QLORA_OK) bl_die("decode", st, &err);
+        double t = bc_now() - a;
+        total += t;
+        if (t < best) best = t;
+        tok = (int32_t)(bc_rng_u64(&s) % (uint64_t)c->vocab);
+    }
+    m->exec.backend = NULL;
+    // bytes one token must read: NF4 projections (codes + scales), the fp32 lm_head, the LoRA A and
+    // B of every adapter, one embedding row and the KV cache so far
+    double nf4 = 0.0, lora = 0.0;
+    for (int l = 0; l < c->layers; l++)
+        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+            nf4 += (double)qlora_nf4_bytes(&m->layers[l].w[t]);
+            const qlora_lora *ad = &m->layers[l].lora[t];
+            if (ad->A) lora += 4.0 * ad->rank * (double)(ad->in + ad->out);
+        }
+    const double head = 4.0 * c->vocab * (double)c->dim;
+    const double kvb = 2.0 * 4.0 * c->layers * (double)c->dim * (n_prompt + n_dec / 2.0);
+    const double all = nf4 + head + lora + kvb + 4.0 * c->dim;
+    const double tps = n_dec / total;
+    const long hwm = bc_status_kb("VmHWM");
+    printf("   prefill of %d tokens: %.2f s (%.1f tokens/s)\n", n_prompt, t_prefill, n_prompt / t_prefill);
+    printf("   decode: %d tokens, mean %.3f s/token (best %.3f) = %.2f tokens/s (CPU s / wall s %.2f); NF4 GEMV "
+           "%.0f%% of it at %.1f GB/s\n",
+           n_dec, total / n_dec, best, tps, (bc_cpu_now() - c0) / total, 100.0 * (nt->fwd_s / total),
+           nf4 * n_dec / (nt->fwd_s > 0 ? nt->fwd_s : 1) / 1e9);
+    printf("   bytes per token: NF4 %.0f MB + fp32 lm_head %.0f MB + LoRA A,B %.0f MB + KV %.0f MB = %.0f MB; "
+           "streaming read %.1f GB/s\n",
+           nf4 / 1e6, head / 1e6, lora / 1e6, kvb / 1e6, all / 1e6, bw);
+    printf("   bound (NF4 bytes / bandwidth) %.2f tokens/s -> ratio %.2f;  bound (all bytes) %.2f tokens/s -> "
+           "ratio %.2f;  peak RSS %.2f GiB\n",
+           bw * 1e9 / nf4, tps / (bw * 1e9 / nf4), bw * 1e9 / all, tps / (bw * 1e9 / all),
+           (double)hwm / 1024.0 / 1024.0);
+    // Other jobs preempt single tokens (a token waits on any descheduled thread): the best token
+    // shows what the code does when it has both cores.
+    printf("   best token alone: %.2f tokens/s -> ratio %.2f to the NF4 bound (diagnostic; the target is on the mean)\n",
+           1.0 / best, (1.0 / best) / (bw * 1e9 / nf4));
+    printf("@ %s.dec_tps %.6f\n@ %s.dec_nf4_bytes %.6e\n@ %s.dec_all_bytes %.6e\n@ %s.dec_hwm_kb %ld\n"
+           "@ %s.dec_nf4_share %.4f\n@ %s.dec_best_tps %.6f\n",
+           bl_tag, tps, bl_tag, nf4, bl_tag, all, bl_tag, hwm, bl_tag, nt->fwd_s / total, bl_tag, 1.0 / best);
+    fflush(stdout);
+    free(logits);
+    qlora_kv_cache_free(&kv);
+}
+
+// Decode only, on the 7b shape cut to `layers` layers (for kernel work: a few layers already read
+// far more than the LLC). The streaming-read bandwidth is measured here, just before.
+static int bl_child_decode(int layers, int n_dec) {
+    bl_cfg c = *bl_find("7b");
+    qlora_model m;
+    c.layers = layers;
+    bl_tag = "dec";
+    printf("   7b shape cut to %d layers: hidden %d, intermediate %d, vocab %d; LoRA r %d on all 7 projections\n",
+           c.layers, c.dim, c.hidden, c.vocab, BL_RANK);
+    bl_model_init(&m, &c);
+    const double bw = bc_stream_read((int64_t)1 << 29, 4);
+    bl_nf4_timer nt;
+    qlora_backend be;
+    memset(&be, 0, sizeof be);
+    be.name = "bench-timer";
+    be.user = &nt;
+    be.nf4_linear_forward = bl_timer_fwd;
+    be.nf4_linear_backward = bl_timer_bwd;
+    bl_decode(&m, &c, bw, n_dec, &nt, &be);
+    qlora_model_free(&m);
+    return 0;
+}
+
 // The 7b-shaped model: decode first (peak RSS of inference), then one training step.
 static int bl_child_7b(double peak, double bw, int quick) {
     const bl_cfg *c = bl_find("7b");
@@ -579,66 +676,7 @@ static int bl_child_7b(double peak, double bw, int quick) {
     be.nf4_linear_backward = bl_timer_bwd;
 
     // --- decode ---
-    {
-        const int n_prompt = 32, n_dec = quick ? 4 : 16;
-        qlora_kv_cache kv;
-        st = qlora_kv_cache_init(&kv, &m, 128, 0, &err);
-        if (st != QLORA_OK) bl_die("qlora_kv_cache_init", st, &err);
-        int32_t prompt[32];
-        uint64_t s = 777;
-        for (int i = 0; i < n_prompt; i++) prompt[i] = (int32_t)(bc_rng_u64(&s) % (uint64_t)c->vocab);
-        float *logits = (float *)bc_xmalloc(sizeof(float) * (size_t)c->vocab);
-        double t0 = bc_now();
-        st = qlora_model_prefill(&m, &kv, prompt, n_prompt, logits, &err);
-        if (st != QLORA_OK) bl_die("prefill", st, &err);
-        const double t_prefill = bc_now() - t0;
-        m.exec.backend = &be;
-        bl_timer_reset(&nt, m.exec.kernel);
-        double best = 1e30, total = 0.0, c0 = bc_cpu_now();
-        int32_t tok = prompt[n_prompt - 1];
-        for (int i = 0; i < n_dec; i++) {
-            double a = bc_now();
-            st = qlora_model_forward_decode(&m, &kv, tok, kv.n, logits, &err);
-            if (st != QLORA_OK) bl_die("decode", st, &err);
-            double t = bc_now() - a;
-            total += t;
-            if (t < best) best = t;
-            tok = (int32_t)(bc_rng_u64(&s) % (uint64_t)c->vocab);
-        }
-        m.exec.backend = NULL;
-        // bytes one token must read: NF4 projections (codes + scales), the fp32 lm_head, the LoRA A and
-        // B of every adapter, one embedding row and the KV cache so far
-        double nf4 = 0.0, lora = 0.0;
-        for (int l = 0; l < c->layers; l++)
-            for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
-                nf4 += (double)qlora_nf4_bytes(&m.layers[l].w[t]);
-                const qlora_lora *a = &m.layers[l].lora[t];
-                if (a->A) lora += 4.0 * a->rank * (double)(a->in + a->out);
-            }
-        const double head = 4.0 * c->vocab * (double)c->dim;
-        const double kvb = 2.0 * 4.0 * c->layers * (double)c->dim * (n_prompt + n_dec / 2.0);
-        const double all = nf4 + head + lora + kvb + 4.0 * c->dim;
-        const double tps = n_dec / total;
-        const long hwm = bc_status_kb("VmHWM");
-        printf("   prefill of %d tokens: %.2f s (%.1f tokens/s)\n", n_prompt, t_prefill, n_prompt / t_prefill);
-        printf("   decode: %d tokens, mean %.3f s/token (best %.3f) = %.2f tokens/s (CPU s / wall s %.2f); NF4 GEMV "
-               "%.0f%% of it at %.1f GB/s\n",
-               n_dec, total / n_dec, best, tps, (bc_cpu_now() - c0) / total, 100.0 * (nt.fwd_s / total),
-               nf4 * n_dec / (nt.fwd_s > 0 ? nt.fwd_s : 1) / 1e9);
-        printf("   bytes per token: NF4 %.0f MB + fp32 lm_head %.0f MB + LoRA A,B %.0f MB + KV %.0f MB = %.0f MB; "
-               "streaming read %.1f GB/s\n",
-               nf4 / 1e6, head / 1e6, lora / 1e6, kvb / 1e6, all / 1e6, bw);
-        printf("   bound (NF4 bytes / bandwidth) %.2f tokens/s -> ratio %.2f;  bound (all bytes) %.2f tokens/s -> "
-               "ratio %.2f;  peak RSS %.2f GiB\n",
-               bw * 1e9 / nf4, tps / (bw * 1e9 / nf4), bw * 1e9 / all, tps / (bw * 1e9 / all),
-               (double)hwm / 1024.0 / 1024.0);
-        printf("@ 7b.dec_tps %.6f\n@ 7b.dec_nf4_bytes %.6e\n@ 7b.dec_all_bytes %.6e\n@ 7b.dec_hwm_kb %ld\n"
-               "@ 7b.dec_nf4_share %.4f\n",
-               tps, nf4, all, hwm, nt.fwd_s / total);
-        fflush(stdout);
-        free(logits);
-        qlora_kv_cache_free(&kv);
-    }
+    bl_decode(&m, c, bw, quick ? 4 : 16, &nt, &be);
 
     // --- one training step ---
     {
@@ -789,7 +827,7 @@ static const char *bl_mark(double ratio, double target, int higher_better) {
 int main(int argc, char **argv) {
     int want7b = 0, only7b = 0, quick = 0, notorch = 0;
     if (argc >= 3 && !strcmp(argv[1], "--child")) {
-        // --child train NAME PEAK WARMUP STEPS [TAG [own]] | --child 7b PEAK BW QUICK
+        // --child train NAME PEAK WARMUP STEPS [TAG [own]] | --child 7b PEAK BW QUICK | --child decode LAYERS TOKENS
         bc_set_threads(BC_THREADS);
         if (!strcmp(argv[2], "train") && argc >= 7) {
             const bl_cfg *c = bl_find(argv[3]);
@@ -799,6 +837,7 @@ int main(int argc, char **argv) {
             return bl_child_train(c, atof(argv[4]), atoi(argv[5]), atoi(argv[6]));
         }
         if (!strcmp(argv[2], "7b") && argc >= 6) return bl_child_7b(atof(argv[3]), atof(argv[4]), atoi(argv[5]));
+        if (!strcmp(argv[2], "decode") && argc >= 5) return bl_child_decode(atoi(argv[3]), atoi(argv[4]));
         return 2;
     }
     for (int i = 1; i < argc; i++) {
@@ -806,15 +845,29 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "7b-only")) want7b = only7b = 1;
         if (!strcmp(argv[i], "quick")) quick = 1;
         if (!strcmp(argv[i], "notorch")) notorch = 1;
+        if (!strcmp(argv[i], "passive")) {
+            // libgomp reads the policy when it starts: set it, then start again
+            const char *pol = getenv("OMP_WAIT_POLICY");
+            if (!pol || strcmp(pol, "passive")) {
+                setenv("OMP_WAIT_POLICY", "passive", 1);
+                fflush(stdout);
+                execv("/proc/self/exe", argv);
+                printf("bench_llama: could not re-execute with OMP_WAIT_POLICY=passive; going on without\n");
+            }
+        }
     }
+    const char *wait_policy = getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "unset (libgomp spins, then sleeps)";
+    const int passive_now = getenv("OMP_WAIT_POLICY") && !strcmp(getenv("OMP_WAIT_POLICY"), "passive");
+    const char *diag_env = passive_now ? "OMP_WAIT_POLICY=active" : BL_PASSIVE_ENV;
     const char *blas_msg = bc_blas_setup(argv);
     bc_set_threads(BC_THREADS);
     const qlora_cpu_info ci = qlora_cpu_info_get();
     const double t_start = bc_now();
-    printf("bench_llama: %s; %d threads, SIMD %s; %s\n", bc_cpu_name(), ci.omp_threads, ci.simd, blas_msg);
+    printf("bench_llama: %s; %d threads, SIMD %s; %s; %s\n", bc_cpu_name(), ci.omp_threads, ci.simd, blas_msg,
+           bc_blas_parallel_name());
     printf("load average at start: %s (other jobs on these cores slow every figure; references are measured "
-           "in the same run)\n",
-           bc_loadavg());
+           "in the same run); OMP_WAIT_POLICY %s\n",
+           bc_loadavg(), wait_policy);
 
     // --- sgemm reference: the best of cblas_sgemm and the library's own GEMM over model-like shapes ---
     static const int64_t shapes[4][3] = { { 2048, 768, 288 }, { 1024, 2048, 768 }, { 1024, 768, 2048 }, { 512, 4096, 4096 } };
@@ -872,12 +925,14 @@ int main(int argc, char **argv) {
         }
     }
 
-    // --- diagnostic: S again with passive waiting in both thread pools ---
+    // --- diagnostic: S again with passive waiting. Waiting threads spin (libgomp's default; OpenBLAS'
+    // pthread pool too): with a second pool they spin against each other, and when other jobs share
+    // the cores a spinning thread takes the time its descheduled teammate needs ---
     if (!only7b) {
-        printf("\n== config S again with %s (diagnostic: the OpenMP pool of the NF4 kernels and OpenBLAS' own "
-               "pthread pool spin against each other on 2 cores; load %s)\n",
-               BL_PASSIVE_ENV, bc_loadavg());
-        snprintf(cmd, sizeof cmd, "%s '%s' --child train S %.6f 1 %d S_passive", BL_PASSIVE_ENV, exe, peak,
+        printf("\n== config S again with %s (diagnostic: %s; spinning waits cost most when other jobs "
+               "share the cores; load %s)\n",
+               diag_env, bc_blas_parallel_name(), bc_loadavg());
+        snprintf(cmd, sizeof cmd, "%s '%s' --child train S %.6f 1 %d S_passive", diag_env, exe, peak,
                  quick ? 1 : 3);
         if (bl_run(cmd, NULL, NULL, 0) != 0) printf("   ✗ the child failed\n");
     }
@@ -915,7 +970,7 @@ int main(int argc, char **argv) {
         snprintf(tg, sizeof tg, i == 1 ? ">=0.45 %s" : "-", bl_mark(ratio, 0.45, 1));
         if (fb == fb)
             printf("   %-4s %12.1f %12.1f %12.1f %8.3f %8s %12.1f%s\n", i < 2 ? n : "S*", fl / 1e9, tps, bound, ratio,
-                   i == 1 ? tg : "-", hwm / 1024.0, i < 2 ? "" : "   * with " BL_PASSIVE_ENV " (diagnostic)");
+                   i == 1 ? tg : "-", hwm / 1024.0, i < 2 ? "" : "   * with the other wait policy (diagnostic)");
     }
     if (!only7b) {
         printf("3. train step (fwd + bwd + AdamW) vs a PyTorch fp32 LoRA step (version above; dense fp32 frozen "

@@ -13,53 +13,15 @@
 #define _POSIX_C_SOURCE 200809L
 #define QLORA_IMPLEMENTATION
 #include "qlora.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-#define NTHREADS 2
-
-#ifdef QLORA_USE_OPENBLAS
-void openblas_set_num_threads(int num_threads);
-#endif
+#include "bench_common.h"
 
 // Wall-clock seconds, or with the argument `cputime` the process CPU time divided by the thread
-// count: on a machine shared with other jobs that is the time our 2 threads actually ran (spin
+// count: on a machine shared with other jobs that is the time our threads actually ran (spin
 // waits still count, for OpenBLAS and for us alike).
 static int cpu_clock;
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(cpu_clock ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &t);
-    return ((double)t.tv_sec + 1e-9 * (double)t.tv_nsec) / (cpu_clock ? NTHREADS : 1);
-}
+static double now_s(void) { return cpu_clock ? bc_cpu_now() / BC_THREADS : bc_now(); }
 
-// CPU seconds of the calling thread.
-static double thread_cpu_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static uint64_t rng_state = 0x243F6A8885A308D3ull;
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float rng_float(void) { return (float)(rng_u64() >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "bench_nf4: out of memory (%zu bytes)\n", n);
-        exit(1);
-    }
-    return p;
-}
+static uint64_t rng_state = 0x243F6A8885A308D3ull;   // bc_rng_u64 / bc_rng_float
 
 // A random NF4 weight (rows, cols) with double quantization: random codes, scales around 1.
 static void make_weight(qlora_nf4 *w, int64_t rows, int64_t cols, int32_t bs) {
@@ -69,15 +31,15 @@ static void make_weight(qlora_nf4 *w, int64_t rows, int64_t cols, int32_t bs) {
     w->cols = cols;
     w->blocksize = bs;
     w->double_quant = 1;
-    w->codes = (uint8_t *)xmalloc((size_t)(n + 1) / 2);
-    w->qabsmax = (uint8_t *)xmalloc((size_t)nb);
-    w->nested_absmax = (float *)xmalloc((size_t)nn * sizeof(float));
+    w->codes = (uint8_t *)bc_xmalloc((size_t)(n + 1) / 2);
+    w->qabsmax = (uint8_t *)bc_xmalloc((size_t)nb);
+    w->nested_absmax = (float *)bc_xmalloc((size_t)nn * sizeof(float));
     for (int64_t i = 0; i + 8 <= (n + 1) / 2; i += 8) {
-        uint64_t r = rng_u64();
+        uint64_t r = bc_rng_u64(&rng_state);
         memcpy(w->codes + i, &r, 8);
     }
-    for (int64_t i = (n + 1) / 2 / 8 * 8; i < (n + 1) / 2; i++) w->codes[i] = (uint8_t)rng_u64();
-    for (int64_t b = 0; b < nb; b++) w->qabsmax[b] = (uint8_t)rng_u64();
+    for (int64_t i = (n + 1) / 2 / 8 * 8; i < (n + 1) / 2; i++) w->codes[i] = (uint8_t)bc_rng_u64(&rng_state);
+    for (int64_t b = 0; b < nb; b++) w->qabsmax[b] = (uint8_t)bc_rng_u64(&rng_state);
     for (int64_t b = 0; b < nn; b++) w->nested_absmax[b] = 0.01f;
     w->nested_offset = 0.02f;
     qlora_dynamic_map(w->nested_map, 1);
@@ -162,42 +124,6 @@ static double fma_peak(void) {
     return best;
 }
 
-// Streaming read bandwidth: a plain sum over a large float buffer on every thread, GB/s.
-static double stream_read(void) {
-    const int64_t n = (int64_t)1 << 27;   // 512 MB
-    float *buf = (float *)xmalloc((size_t)n * sizeof(float));
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int64_t i = 0; i < n; i++) buf[i] = 1.0f;
-    double best = 0.0;
-    for (int rep = 0; rep < 4; rep++) {
-        double t0 = now_s(), total = 0.0, tmax = 0.0;
-#ifdef _OPENMP
-#pragma omp parallel reduction(+ : total) reduction(max : tmax)
-#endif
-        {
-            int64_t tid = 0, nt = 1;
-#ifdef _OPENMP
-            tid = omp_get_thread_num();
-            nt = omp_get_num_threads();
-#endif
-            const double c0 = thread_cpu_s();
-            int64_t a = n * tid / nt / 64 * 64, b = (tid + 1 == nt) ? n : n * (tid + 1) / nt / 64 * 64;
-            float s[16] = { 0 };
-            for (int64_t i = a; i < b; i += 16)
-                for (int j = 0; j < 16; j++) s[j] += buf[i + j];
-            for (int j = 0; j < 16; j++) total += s[j];
-            tmax = thread_cpu_s() - c0;
-        }
-        double t = cpu_clock ? tmax : now_s() - t0;
-        if (total != (double)n) fprintf(stderr, "stream: bad sum\n");
-        if ((double)n * 4.0 / t / 1e9 > best) best = (double)n * 4.0 / t / 1e9;
-    }
-    free(buf);
-    return best;
-}
-
 // Best seconds of `reps` runs of one NF4 call.
 static double time_nf4(int fwd, qlora_kernel kernel, float *out, const float *in, const qlora_nf4 *w, int64_t M,
                        int reps) {
@@ -234,63 +160,21 @@ static double time_blas(int fwd, float *out, const float *in, const float *wd, i
 }
 #endif
 
-// OpenBLAS core check: re-exec once with OPENBLAS_CORETYPE when the detected core is not this CPU's.
-static const char *blas_setup(char **argv) {
-#ifdef QLORA_USE_OPENBLAS
-    static char msg[256];
-    const char *core = openblas_get_corename();
-    const char *prev = getenv("QLORA_BENCH_CORE_WAS");
-    if (prev) {
-        snprintf(msg, sizeof msg, "re-executed with OPENBLAS_CORETYPE=%s (OpenBLAS had detected %s); now %s", getenv("OPENBLAS_CORETYPE"),
-                 prev, core ? core : "?");
-        return msg;
-    }
-    if (!qlora_cpu_info_get().blas_trusted) {
-#if defined(__AVX512F__)
-        const char *want = "SkylakeX";
-#elif defined(__AVX2__)
-        const char *want = "Haswell";
-#else
-        const char *want = NULL;
-#endif
-        if (want) {
-            fflush(stdout);
-            setenv("QLORA_BENCH_CORE_WAS", core ? core : "?", 1);
-            setenv("OPENBLAS_CORETYPE", want, 1);
-            execv("/proc/self/exe", argv);
-            snprintf(msg, sizeof msg, "OpenBLAS core %s does not match this CPU and re-exec failed", core ? core : "?");
-            return msg;
-        }
-    }
-    snprintf(msg, sizeof msg, "OpenBLAS detected core %s, which matches this CPU: used as is", core ? core : "?");
-    return msg;
-#else
-    (void)argv;
-    return "built without OpenBLAS: no BLAS reference";
-#endif
-}
-
 int main(int argc, char **argv) {
     int quick = 0;
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "quick")) quick = 1;
         else if (!strcmp(argv[i], "cputime")) cpu_clock = 1;
-    const char *blas_msg = blas_setup(argv);
-#ifdef _OPENMP
-    omp_set_num_threads(NTHREADS);
+    const char *blas_msg = bc_blas_setup(argv);   // may re-execute this program once
+#ifndef QLORA_USE_OPENBLAS
+    blas_msg = "built without OpenBLAS: no BLAS reference";
 #endif
-#ifdef QLORA_USE_OPENBLAS
-    openblas_set_num_threads(NTHREADS);
-#endif
+    bc_set_threads(BC_THREADS);
     qlora_cpu_info ci = qlora_cpu_info_get();
     printf("bench_nf4: %d threads, SIMD %s, %s\n", ci.omp_threads, ci.simd, blas_msg);
     {
-        double load = -1.0;
-        FILE *f = fopen("/proc/loadavg", "r");
-        if (f) {
-            if (fscanf(f, "%lf", &load) != 1) load = -1.0;
-            fclose(f);
-        }
+        const char *la = bc_loadavg();
+        double load = la[0] == '?' ? -1.0 : atof(la);
         printf("timing: %s; load average before the run: %.2f%s\n",
                cpu_clock ? "process CPU time / threads (argument cputime)" : "wall clock", load,
                !cpu_clock && load > 1.5 ? " (busy machine: wall-clock figures are low; try `cputime`)" : "");
@@ -318,13 +202,13 @@ int main(int argc, char **argv) {
         const int64_t K = shapes[s][0], N = shapes[s][1];
         qlora_nf4 w;
         make_weight(&w, N, K, 64);
-        float *x = (float *)xmalloc((size_t)(M * K) * sizeof(float)), *y = (float *)xmalloc((size_t)(M * N) * sizeof(float));
-        float *dy = (float *)xmalloc((size_t)(M * N) * sizeof(float)), *dx = (float *)xmalloc((size_t)(M * K) * sizeof(float));
-        for (int64_t i = 0; i < M * K; i++) { x[i] = rng_float(); dx[i] = 0.0f; }
-        for (int64_t i = 0; i < M * N; i++) dy[i] = rng_float();
+        float *x = (float *)bc_xmalloc((size_t)(M * K) * sizeof(float)), *y = (float *)bc_xmalloc((size_t)(M * N) * sizeof(float));
+        float *dy = (float *)bc_xmalloc((size_t)(M * N) * sizeof(float)), *dx = (float *)bc_xmalloc((size_t)(M * K) * sizeof(float));
+        for (int64_t i = 0; i < M * K; i++) { x[i] = bc_rng_float(&rng_state); dx[i] = 0.0f; }
+        for (int64_t i = 0; i < M * N; i++) dy[i] = bc_rng_float(&rng_state);
         const double gflop = 2.0 * (double)M * (double)N * (double)K / 1e9;
 #ifdef QLORA_USE_OPENBLAS
-        float *wd = (float *)xmalloc((size_t)(N * K) * sizeof(float));
+        float *wd = (float *)bc_xmalloc((size_t)(N * K) * sizeof(float));
         qlora_nf4_dequantize(wd, &w, NULL);
 #endif
         for (int fwd = 1; fwd >= 0; fwd--) {
@@ -358,20 +242,20 @@ int main(int argc, char **argv) {
     {
         const int nw = quick ? 8 : 32;
         const int64_t K = 4096, N = 11008;
-        qlora_nf4 *ws = (qlora_nf4 *)xmalloc((size_t)nw * sizeof(qlora_nf4));
+        qlora_nf4 *ws = (qlora_nf4 *)bc_xmalloc((size_t)nw * sizeof(qlora_nf4));
         for (int i = 0; i < nw; i++) make_weight(&ws[i], N, K, 64);
         const double bytes = (double)qlora_nf4_bytes(&ws[0]) * nw;
-        const double bw = stream_read();
-        float *x = (float *)xmalloc((size_t)(8 * K) * sizeof(float)), *y = (float *)xmalloc((size_t)(16 * N) * sizeof(float));
-        float *dy = (float *)xmalloc((size_t)(8 * N) * sizeof(float)), *dx = (float *)xmalloc((size_t)(16 * K) * sizeof(float));
-        for (int64_t i = 0; i < 8 * K; i++) x[i] = rng_float();
+        const double bw = bc_stream_read_timed((int64_t)1 << 29, 4, cpu_clock);   // 512 MB
+        float *x = (float *)bc_xmalloc((size_t)(8 * K) * sizeof(float)), *y = (float *)bc_xmalloc((size_t)(16 * N) * sizeof(float));
+        float *dy = (float *)bc_xmalloc((size_t)(8 * N) * sizeof(float)), *dx = (float *)bc_xmalloc((size_t)(16 * K) * sizeof(float));
+        for (int64_t i = 0; i < 8 * K; i++) x[i] = bc_rng_float(&rng_state);
         for (int64_t i = 0; i < 16 * K; i++) dx[i] = 0.0f;
-        for (int64_t i = 0; i < 8 * N; i++) dy[i] = rng_float();
+        for (int64_t i = 0; i < 8 * N; i++) dy[i] = bc_rng_float(&rng_state);
         printf("\n2. NF4 GEMV: %d weights of (%lld, %lld) NF4 bs64 + DQ = %.0f MB, cycled (beyond the LLC)\n", nw,
                (long long)N, (long long)K, bytes / 1e6);
         printf("   streaming read (plain float sum, %d threads): %.1f GB/s\n", ci.omp_threads, bw);
         if (cpu_clock)
-            printf("   (cputime: %d concurrent single-threaded streams, each timed by its thread CPU time)\n", NTHREADS);
+            printf("   (cputime: %d concurrent single-threaded streams, each timed by its thread CPU time)\n", BC_THREADS);
         printf("   %-18s %-4s %12s %8s\n", "M", "dir", "NF4 GB/s", "ratio");
         static const int64_t gm[3] = { 1, 4, 8 };
         for (int im = 0; im < (quick ? 1 : 3); im++)
@@ -400,13 +284,13 @@ int main(int argc, char **argv) {
                             nt = omp_get_num_threads();
 #endif
                             float *yo = y + (size_t)tid * 8 * N, *dxo = dx + (size_t)tid * 8 * K;
-                            const double c0 = thread_cpu_s();
+                            const double c0 = bc_thread_cpu_now();
                             for (int i = tid; i < nw; i += nt) {
                                 qlora_status st = fwd ? qlora_nf4_linear_forward(NULL, yo, x, &ws[i], gm[im], NULL)
                                                       : qlora_nf4_linear_backward(NULL, dxo, dy, &ws[i], gm[im], NULL);
                                 bad |= st != QLORA_OK;
                             }
-                            tmax = thread_cpu_s() - c0;
+                            tmax = bc_thread_cpu_now() - c0;
                         }
                         t = tmax;
                     }
@@ -421,7 +305,7 @@ int main(int argc, char **argv) {
 
         // --- 3. dequantization ---
         printf("\n3. dequantization of one (%lld, %lld) weight to fp32\n", (long long)N, (long long)K);
-        float *out = (float *)xmalloc((size_t)(N * K) * sizeof(float));
+        float *out = (float *)bc_xmalloc((size_t)(N * K) * sizeof(float));
         double t_lib = 1e30, t_span = 1e30;
         for (int r = 0; r < 4; r++) {
             double t0 = now_s();
@@ -466,10 +350,10 @@ int main(int argc, char **argv) {
         printf("   %-30s %10s %10s %12s\n", "shape", "AUTO", "own", "cblas");
         for (int i = 0; i < 4; i++) {
             const int64_t Mm = ls[i].M, Nn = ls[i].N, Kk = ls[i].K;
-            float *A = (float *)xmalloc((size_t)(Mm * Kk) * sizeof(float)), *B = (float *)xmalloc((size_t)(Kk * Nn) * sizeof(float));
-            float *C = (float *)xmalloc((size_t)(Mm * Nn) * sizeof(float));
-            for (int64_t j = 0; j < Mm * Kk; j++) A[j] = rng_float();
-            for (int64_t j = 0; j < Kk * Nn; j++) B[j] = rng_float();
+            float *A = (float *)bc_xmalloc((size_t)(Mm * Kk) * sizeof(float)), *B = (float *)bc_xmalloc((size_t)(Kk * Nn) * sizeof(float));
+            float *C = (float *)bc_xmalloc((size_t)(Mm * Nn) * sizeof(float));
+            for (int64_t j = 0; j < Mm * Kk; j++) A[j] = bc_rng_float(&rng_state);
+            for (int64_t j = 0; j < Kk * Nn; j++) B[j] = bc_rng_float(&rng_state);
             const int64_t lda = ls[i].ta ? Mm : Kk, ldb = ls[i].tb ? Kk : Nn;
             double best[3] = { 1e30, 1e30, 1e30 };
             for (int r = 0; r < 20; r++)

@@ -124,6 +124,15 @@ static int cli_backend_open(cli_backend *be, const cli_cfg *c) {
 static void cli_backend_close(cli_backend *be, qlora_model *m) {
 #ifdef CLI_HAVE_VULKAN
     if (be->vk) {
+        qlora_vk_stats vs = qlora_vk_get_stats(be->vk);
+        cli_note("backend vulkan: %lld forward and %lld backward NF4 matmuls ran on the device (%.3g GFLOP, "
+                 "%lld weights uploaded)",
+                 (long long)vs.forward, (long long)vs.backward, vs.flops / 1e9, (long long)vs.uploads);
+        // With QLORA_VK_VALIDATION=1 the layer's findings are counted; say so (tests fail on this line).
+        int64_t nv = qlora_vk_validation_messages(be->vk);
+        if (nv > 0)
+            cli_note("backend vulkan: %lld validation messages; the last: %.400s", (long long)nv,
+                     qlora_vk_validation_last(be->vk));
         for (int l = 0; m && m->layers && l < m->cfg.n_layers; l++)
             for (int t = 0; t < QLORA_TARGET_COUNT; t++) qlora_vk_release(be->vk, &m->layers[l].w[t]);
         qlora_vk_free(be->vk);

@@ -886,49 +886,98 @@ static void to_check(void *ctx, const char *split, const rg_rec *rc) {
     }
 }
 
-// --corpus N: plain clinical text (notes, report-like sentences, label descriptions), one paragraph a line.
-static void corpus(unsigned long long seed, int count) {
+// --corpus N: plain clinical text, one paragraph a line: order notes (train-split styles only, so the validation
+// and test templates stay unseen, and never a record of the splits themselves), report-like paragraphs headed by
+// a catalogue exam, and catalogue descriptions in a few phrasings. No line pairs an order with its label.
+static void corpus_finding(rg_rng *r, rg_sb *b) {
     static const char *const rep[] = {
         "No acute intracranial haemorrhage, mass effect or midline shift.",
-        "The appendix is dilated to 11 mm with periappendiceal fat stranding, consistent with acute appendicitis.",
+        "The appendix is dilated to %d mm with periappendiceal fat stranding, consistent with acute appendicitis.",
         "No filling defect in the pulmonary arteries to the subsegmental level.",
-        "A 7 mm obstructing calculus at the left ureterovesical junction with mild hydronephrosis.",
+        "A %d mm obstructing calculus at the %s ureterovesical junction with mild hydronephrosis.",
         "Gallbladder wall thickening and pericholecystic fluid; sonographic Murphy sign positive.",
-        "Compression and Doppler of the left leg veins show no deep vein thrombosis.",
-        "Restricted diffusion in the left MCA territory in keeping with an acute infarct.",
-        "Complete tear of the supraspinatus tendon with 2 cm retraction.",
+        "Compression and Doppler of the %s leg veins show no deep vein thrombosis.",
+        "Restricted diffusion in the %s MCA territory in keeping with an acute infarct.",
+        "Complete tear of the supraspinatus tendon with %d cm retraction.",
         "Lungs are clear; no pleural effusion or pneumothorax. Heart size is normal.",
         "Intrauterine gestational sac with yolk sac and fetal pole; cardiac activity present.",
-        "FDG-avid right hilar node, SUVmax 9.4, suspicious for nodal metastasis.",
-        "Multilevel degenerative change with moderate foraminal narrowing at L4-5.",
+        "FDG-avid %s hilar node, SUVmax %d.%d, suspicious for nodal metastasis.",
+        "Multilevel degenerative change with moderate foraminal narrowing at L%d-%d.",
         "Protocol changed to non-contrast study because of renal function; radiologist informed.",
         "MRI deferred: pacemaker not MR conditional. CT performed instead.",
-        "Premedication given for prior mild contrast reaction; no reaction this time."};
+        "Premedication given for prior mild contrast reaction; no reaction this time.",
+        "A %d mm solid nodule in the %s upper lobe, unchanged from the prior study.",
+        "Small %s pleural effusion with adjacent atelectasis.",
+        "No fracture or dislocation. Soft tissues are unremarkable.",
+        "Simple cyst in the %s kidney measuring %d mm; no follow-up needed.",
+        "Free fluid in the pelvis, small volume, likely physiological.",
+        "Contrast given without complication; eGFR %d checked before the scan.",
+        "Motion artefact limits assessment of the posterior fossa.",
+        "Diverticulosis of the sigmoid colon without evidence of diverticulitis.",
+        "Hepatic steatosis. No focal liver lesion.",
+        "The aorta is of normal calibre; no dissection flap.",
+        "Mild chronic small vessel ischaemic change. No acute territorial infarct."};
+    static const char *const side[] = {"left", "right"};
+    int k = rg_int(r, 0, (int)(sizeof rep / sizeof rep[0]) - 1), a = rg_int(r, 2, 19), c = rg_int(r, 1, 9);
+    const char *s = RG_PICK(r, side);
+    switch (k) {
+    case 1: case 7: sb_printf(b, rep[k], k == 7 ? c % 4 + 1 : a % 10 + 7); break;
+    case 3: case 15: sb_printf(b, rep[k], a, s); break;
+    case 5: case 6: case 16: sb_printf(b, rep[k], s); break;
+    case 10: sb_printf(b, rep[k], s, a % 10 + 3, c); break;
+    case 11: sb_printf(b, rep[k], c % 4 + 1, c % 4 + 2); break;
+    case 18: sb_printf(b, rep[k], s, a); break;
+    case 20: sb_printf(b, rep[k], 30 + a * 4); break;
+    default: sb_put(b, rep[k]); break;
+    }
+}
+
+static void corpus(unsigned long long seed, int count) {
+    static const char *const cmp[] = {"none", "none available", "prior study from last year", "CT of 3 months ago",
+                                      "outside imaging, report only"};
+    static const char *const imp[] = {"No acute abnormality.", "Findings as above.", "Correlate clinically.",
+                                      "Recommend follow-up imaging as per guidelines.", "Discussed with the referrer."};
     rg_rng r;
     static rg_rec rc;
-    int turn = 0;
+    static rg_sb b;
+    int turn = 0, st[ST_COUNT], nst = styles_of(0, st);
     rg_seed(&r, seed * 7919ull + 5);
     for (int i = 0; i < count; i++) {
-        int k = rg_int(&r, 0, 9);
-        if (k < 6) {
+        int k = rg_int(&r, 0, 19);
+        if (k < 12) {
             const rg_scen *sc = pick_scenario(&r, &turn);
-            make_record(&r, sc, rg_int(&r, 0, ST_COUNT - 1), &rc);
+            make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], &rc);
             for (char *p = rc.note.s; *p; p++) if (*p == '\n') *p = ' ';
             puts(rc.note.s);
-        } else if (k < 9) {
-            puts(RG_PICK(&r, rep));
-        } else {
-            int l = rg_int(&r, 0, RAD_NUM_EXAMS - 1);
-            const rad_label_info *L = rad_label(l);
-            printf("%s: %s. Modality %s, region %s.\n", L->name, L->desc, L->modality, L->region);
+            continue;
         }
+        const rad_label_info *L = rad_label(rg_int(&r, 0, RAD_NUM_EXAMS - 1));
+        sb_clear(&b);
+        if (k < 17) {
+            int caps = rg_pct(&r, 50), nf = rg_int(&r, 1, 3);
+            sb_printf(&b, caps ? "EXAM: %s. " : "Examination: %s. ", L->name);
+            if (rg_pct(&r, 50)) sb_printf(&b, caps ? "TECHNIQUE: %s of the %s, contrast %s. " :
+                                          "Technique: %s of the %s, contrast %s. ", L->modality, L->region, L->contrast);
+            sb_printf(&b, caps ? "COMPARISON: %s. FINDINGS: " : "Comparison: %s. Findings: ", RG_PICK(&r, cmp));
+            for (int f = 0; f < nf; f++) { if (f) sb_put(&b, " "); corpus_finding(&r, &b); }
+            sb_printf(&b, caps ? " IMPRESSION: %s" : " Impression: %s", RG_PICK(&r, imp));
+        } else {
+            switch (rg_int(&r, 0, 3)) {
+            case 0: sb_printf(&b, "%s: %s. Modality %s, region %s.", L->name, L->desc, L->modality, L->region); break;
+            case 1: sb_printf(&b, "%s (%s, %s, contrast %s).", L->desc, L->modality, L->region, L->contrast); break;
+            case 2: sb_printf(&b, "Protocol %s - %s.", L->name, L->desc); break;
+            default: sb_printf(&b, "The %s study of the %s: %s.", L->modality, L->region, L->desc); break;
+            }
+        }
+        puts(b.s);
     }
 }
 
 static void usage(FILE *fp) {
     fputs("usage: radgen [--seed N] [--out DIR] | --corpus N [--seed N] | --check [--seed N] | --help\n"
           "  --out DIR     write DIR/train.jsonl (3000), val.jsonl (400), test.jsonl (600), sample_orders.jsonl (30)\n"
-          "  --corpus N    print N lines of unlabeled clinical text (pretraining corpus) to stdout\n"
+          "  --corpus N    print N lines of unlabeled clinical text (pretraining corpus) to stdout: notes in the\n"
+          "                train styles only, report-like paragraphs, catalogue descriptions\n"
           "  --check       generate in memory; report (by id) notes where the facts extracted from the text give a\n"
           "                different label or flags than the generator's gold; exit 1 if any\n"
           "  --seed N      seed (default 7)\n"

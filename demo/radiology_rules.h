@@ -1495,6 +1495,23 @@ RADDEF float rad_egfr_ckd_epi(float creat, int age, char sex) {
     return (float)e;
 }
 
+// 1 when the word right before position i (skipping spaces and "(" / "a") is w, e.g. "no" in "(no hCG in chart)".
+static int rad__word_before_is(const char *s, size_t i, const char *w) {
+    size_t wl = strlen(w);
+    for (int pass = 0; pass < 2; pass++) {
+        while (i > 0 && (s[i - 1] == ' ' || s[i - 1] == '(')) i--;
+        size_t e = i;
+        while (i > 0 && rad__alnum((unsigned char)s[i - 1])) i--;
+        if (e - i == wl) {
+            size_t k = 0;
+            while (k < wl && rad__lc((unsigned char)s[i + k]) == (unsigned char)w[k]) k++;
+            if (k == wl) return 1;
+        }
+        if (!(e - i == 1 && rad__lc((unsigned char)s[i]) == 'a')) return 0;   // skip one article: "without a"
+    }
+    return 0;
+}
+
 // G/P notation followed by a gestational age ("G1P0 at 29 wks", "G2P1, 18w"): a current pregnancy. G/P alone is
 // obstetric history. The age must follow within 16 characters and lie in 4..42 weeks.
 static int rad__gp_with_gestation(const char *s, size_t n) {
@@ -1649,6 +1666,11 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
         case RAD__K_PREG_UNKNOWN: preg_unknown = 1; break;
         case RAD__K_HCG: {
             // "hCG neg", "negative hCG", "hCG +", "hCG positive", "hCG 1450", "hCG: pending"
+            // "no hCG (in chart)", "without a pregnancy test": the test is absent, not negative
+            if (rad__word_before_is(s, (size_t)h->start, "no") || rad__word_before_is(s, (size_t)h->start, "without")) {
+                preg_unknown = 1;
+                break;
+            }
             if (rad__pre_negated(d, k) || rad__post_negated(d, k, 0)) { preg_neg = 1; break; }
             size_t e = (size_t)h->end;
             while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '(' || s[e] == ')')) e++;

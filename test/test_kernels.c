@@ -321,6 +321,26 @@ static void check_thread_independence(void) {
         for (int t = 0; t < 3; t++) free(C[t]);
         free(A); free(B);
     }
+    // qlora_sgemm's small-M path (decoding: a few rows against a transposed B), split by columns.
+    {
+        const int64_t M = 3, N = 1000, K = 701;
+        float *A = (float *)malloc((size_t)(M * K) * sizeof(float)), *B = (float *)malloc((size_t)(N * K) * sizeof(float));
+        float *C[3];
+        tu_fill_normal(A, (long)(M * K), 1.0);
+        tu_fill_normal(B, (long)(N * K), 1.0);
+        int same = 1;
+        for (int t = 0; t < 3; t++) {
+            C[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
+            omp_set_num_threads(t + 1);
+            qlora_exec ex = { QLORA_KERNEL_AUTO, NULL };
+            qlora_sgemm(&ex, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C[t], N);
+            if (t) same = same && !memcmp(C[0], C[t], (size_t)(M * N) * sizeof(float));
+        }
+        tu_check(same, "sgemm small M, B transposed: bit-identical with 1, 2, 3 threads (M=3 N=1000 K=701)",
+                 "results differ");
+        for (int t = 0; t < 3; t++) free(C[t]);
+        free(A); free(B);
+    }
     omp_set_num_threads(saved);
 #else
     tu_skip("thread independence", "built without OpenMP");

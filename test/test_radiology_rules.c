@@ -78,6 +78,8 @@ static const mpair pairs[] = {
     {"31F G3P2, sudden SOB, r/o PE.", "31F G3P2 now 22 wks, sudden SOB, r/o PE.", RAD_CTA_PE, RAD_CTA_PE, 0,
      RAD_XR_CHEST, PG},
     {"33F G1P1 with RLQ pain.", "33F G1P0 @ 31/40 with RLQ pain.", RAD_CT_AP_IV, RAD_CT_AP_IV, PG, RAD_US_RLQ, PG},
+    {"27F LLQ pain, CT A/P w contrast. hCG neg.", "27F LLQ pain, CT A/P w contrast. (no hCG on file)", RAD_CT_AP_IV,
+     RAD_CT_AP_IV, 0, RAD_CT_AP_IV, PG},
     {"29F RLQ pain. urine hCG: negative.", "29F RLQ pain. +UPT today.", RAD_CT_AP_IV, RAD_CT_AP_IV, 0, RAD_US_RLQ, PG},
     {"28F pelvic pain. LMP 1 wk ago.", "28F pelvic pain. LMP 7 wks ago.", RAD_CT_AP_IV, RAD_CT_AP_IV, PG, RAD_US_OB, PG},
     {"45M RLQ pain, wife is pregnant.", "45F RLQ pain, pregnant.", RAD_CT_AP_IV, RAD_CT_AP_IV, 0, RAD_US_RLQ, PG},

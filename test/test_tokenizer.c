@@ -536,6 +536,160 @@ static void test_threads(const qlora_tokenizer *t, const recs *corpus, const rec
 }
 #endif
 
+// ---------------------------------------------------------------------------------------------
+// The embedded base model's tokenizer (data/base/tokenizer.model, trained by spm_train, see
+// tools/make_base_model.sh) against python3-sentencepiece on every note of data/, the catalogue,
+// label continuations, 2000 lines of the pretraining corpus (when build/radgen exists) and the edge
+// cases of tokenizer_corpus.py. Failures name the string's source line, never its text.
+
+static void test_base_tokenizer(int quick) {
+    const char *model = getenv("QLORA_BASE_TOKENIZER");
+    const char *bdir = getenv("QLORA_BUILD_DIR");
+    char dir[512], p[700], corpus[600], cmd[1600];
+    recs texts, ids, dec, bos;
+    qlora_tokenizer t;
+    qlora_error e;
+    FILE *f;
+    int vocab = 0, unk = -9, bos_id = -9, eos_id = -9, pad = -9, have_corpus;
+    char **src = NULL;
+    unsigned char *srcbuf;
+    long srcsize = 0;
+    uint32_t i, nsrc = 0;
+    cmp ce, cd, cb;
+    int32_t *v = NULL;
+    int64_t vcap = 0;
+    char *text = NULL;
+    size_t text_cap = 0;
+    long unk_hits = 0;
+
+    if (!model || !*model) model = "data/base/tokenizer.model";
+    if (!bdir || !*bdir) bdir = "build";
+    f = fopen(model, "rb");
+    if (!f) {
+        tu_skip("base_tok_vs_sentencepiece", "%s absent (tools/make_base_model.sh writes it)", model);
+        return;
+    }
+    fclose(f);
+    if (!tu_have_python("sentencepiece")) {
+        tu_skip("base_tok_vs_sentencepiece", "/usr/bin/python3 cannot import sentencepiece");
+        return;
+    }
+    if (qlora_tokenizer_load(&t, model, &e) != QLORA_OK) {
+        tu_check(0, "base_tok_load", "%s", e.detail);
+        return;
+    }
+    snprintf(dir, sizeof dir, "%s/base_tokenizer", tu_tmpdir());
+    snprintf(corpus, sizeof corpus, "%s/base_corpus.txt", tu_tmpdir());
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && '%s/radgen' --corpus %d --seed 1 > '%s' 2>/dev/null", dir, bdir,
+             quick ? 300 : 2000, corpus);
+    have_corpus = system(cmd) == 0;
+    if (!have_corpus) printf("# base_tok: %s/radgen not runnable; checking without corpus lines\n", bdir);
+    if (tu_python("test/ref/base_tokenizer_ref.py '%s' '%s' '%s' %d", model, dir, have_corpus ? corpus : "",
+                  quick ? 300 : 2000) != 0) {
+        tu_check(0, "base_tok_reference", "test/ref/base_tokenizer_ref.py failed");
+        qlora_tokenizer_free(&t);
+        return;
+    }
+    snprintf(p, sizeof p, "%s/base_meta.txt", dir);
+    f = fopen(p, "r");
+    if (!f || fscanf(f, "%d %d %d %d %d", &vocab, &unk, &bos_id, &eos_id, &pad) != 5) vocab = -1;
+    if (f) fclose(f);
+    tu_check(vocab == t.vocab_size && unk == 0 && bos_id == 1 && eos_id == 2 && t.unk_id == 0 && t.bos_id == 1 &&
+                 t.eos_id == 2 && t.pad_id == (pad < 0 ? -1 : pad) && qlora_tokenizer_find(&t, "<0x0A>", 6) >= 3,
+             "base_tok_specials", "sp vocab %d unk %d bos %d eos %d; ours vocab %d unk %d bos %d eos %d pad %d",
+             vocab, unk, bos_id, eos_id, (int)t.vocab_size, (int)t.unk_id, (int)t.bos_id, (int)t.eos_id,
+             (int)t.pad_id);
+    snprintf(p, sizeof p, "%s/base_src.txt", dir);
+    srcbuf = read_all(p, &srcsize);
+    if (srcbuf) {   // one source name per line
+        long k;
+        for (k = 0; k < srcsize; k++) if (srcbuf[k] == '\n') nsrc++;
+        src = (char **)calloc(nsrc + 1, sizeof(char *));
+        nsrc = 0;
+        src[nsrc++] = (char *)srcbuf;
+        for (k = 0; k < srcsize; k++)
+            if (srcbuf[k] == '\n') {
+                srcbuf[k] = 0;
+                if (k + 1 < srcsize) src[nsrc++] = (char *)srcbuf + k + 1;
+            }
+    }
+    snprintf(p, sizeof p, "%s/base_corpus.bin", dir);
+    recs_read(&texts, p, 1);
+    snprintf(p, sizeof p, "%s/base_ids.bin", dir);
+    recs_read(&ids, p, 4);
+    snprintf(p, sizeof p, "%s/base_dec.bin", dir);
+    recs_read(&dec, p, 1);
+    snprintf(p, sizeof p, "%s/base_bos.bin", dir);
+    recs_read(&bos, p, 4);
+    tu_check(texts.n >= (quick ? 1000u : 4000u) && ids.n == texts.n && dec.n == texts.n && bos.n == 64 &&
+                 nsrc == texts.n,
+             "base_tok_reference", "strings %u, ids %u, decodes %u, bos %u, sources %u", texts.n, ids.n, dec.n,
+             bos.n, nsrc);
+    memset(&ce, 0, sizeof ce);
+    memset(&cd, 0, sizeof cd);
+    memset(&cb, 0, sizeof cb);
+    for (i = 0; i < texts.n && i < ids.n && i < dec.n && i < nsrc; i++) {
+        int64_t n = 0, k;
+        size_t len = 0;
+        qlora_status st;
+        int same;
+        for (k = 0; k < 2; k++) {
+            st = qlora_tokenizer_encode(&t, (const char *)texts.data[i], texts.len[i], 0, 0, v, vcap, &n, &e);
+            if (st != QLORA_ERR_SHAPE) break;
+            free(v);
+            vcap = n + 16;
+            v = (int32_t *)malloc((size_t)vcap * sizeof(int32_t));
+        }
+        ce.checked++;
+        if (st != QLORA_OK) { cmp_note(&ce, "%s: encode failed (%s)", src[i], e.detail); continue; }
+        same = n == (int64_t)ids.len[i];
+        for (k = 0; same && k < n; k++) same = v[k] == rec_id(&ids, i, (uint32_t)k);
+        for (k = 0; k < n; k++) unk_hits += v[k] == t.unk_id;
+        if (!same) {
+            int64_t d = 0;
+            while (d < n && d < (int64_t)ids.len[i] && v[d] == rec_id(&ids, i, (uint32_t)d)) d++;
+            cmp_note(&ce, "%s: %lld tokens, want %u, first difference at token %lld", src[i], (long long)n,
+                     ids.len[i], (long long)d);
+        }
+        if (text_cap < 4 * (size_t)dec.len[i] + 64) {
+            free(text);
+            text_cap = 4 * (size_t)dec.len[i] + 64;
+            text = (char *)malloc(text_cap);
+        }
+        cd.checked++;
+        st = qlora_tokenizer_decode(&t, v, n, text, text_cap, &len, &e);
+        if (st != QLORA_OK) cmp_note(&cd, "%s: decode failed (%s)", src[i], e.detail);
+        else if (len != dec.len[i] || memcmp(text, dec.data[i], len) != 0)
+            cmp_note(&cd, "%s: decoded text differs (%zu bytes, want %u)", src[i], len, dec.len[i]);
+        if (i < bos.n) {
+            cb.checked++;
+            if (vcap < n + 2) {
+                free(v);
+                vcap = n + 16;
+                v = (int32_t *)malloc((size_t)vcap * sizeof(int32_t));
+            }
+            st = qlora_tokenizer_encode(&t, (const char *)texts.data[i], texts.len[i], 1, 1, v, vcap, &n, &e);
+            same = st == QLORA_OK && n == (int64_t)bos.len[i];
+            for (k = 0; same && k < n; k++) same = v[k] == rec_id(&bos, i, (uint32_t)k);
+            if (!same) cmp_note(&cb, "%s: with BOS/EOS differs (%lld tokens, want %u)", src[i], (long long)n, bos.len[i]);
+        }
+    }
+    printf("# base_tok: %ld strings compared (%s corpus lines), %ld differ, %ld <unk> tokens\n", ce.checked,
+           have_corpus ? "with" : "without", ce.bad, unk_hits);
+    cmp_report(&ce, "base_tok_encode_vs_sp");
+    cmp_report(&cd, "base_tok_decode_vs_sp");
+    cmp_report(&cb, "base_tok_bos_eos_vs_sp");
+    free(v);
+    free(text);
+    free(src);
+    free(srcbuf);
+    recs_free(&texts);
+    recs_free(&ids);
+    recs_free(&dec);
+    recs_free(&bos);
+    qlora_tokenizer_free(&t);
+}
+
 int main(void) {
     const char *model = find_model();
     const char *qenv = getenv("QLORA_TEST_QUICK");
@@ -550,6 +704,7 @@ int main(void) {
     test_json_errors();
     test_json_small();
     test_json_metaspace_split();
+    test_base_tokenizer(quick);
     if (!model) {
         tu_skip("tok_model", "llama2-tokenizer.model not found (set QLORA_TOKENIZER_MODEL)");
         return tu_finish();

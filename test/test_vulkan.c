@@ -421,11 +421,21 @@ int main(void) {
         float     x[3 * 24], y[3 * 10];
         make_nf4(&w, 10, 24, 64, 0);
         tu_fill_uniform(x, 3 * 24, 1.0);
+        qlora_vk_stats s0 = qlora_vk_get_stats(vk);
         qlora_vk_nf4_linear_forward(vk, y, x, &w, 3, &err);
         void   *first = w.backend_data;
         int32_t n1 = vk->nweights;
         qlora_vk_nf4_linear_forward(vk, y, x, &w, 3, &err);
         int reused = first != NULL && w.backend_data == first && vk->nweights == n1;
+        float dxr[3 * 24] = { 0 };
+        qlora_vk_nf4_linear_backward(vk, dxr, y, &w, 3, &err);
+        qlora_vk_stats s1 = qlora_vk_get_stats(vk), sn = qlora_vk_get_stats(NULL);
+        tu_check(s1.forward == s0.forward + 2 && s1.backward == s0.backward + 1 && s1.uploads == s0.uploads + 1 &&
+                     s1.dequantize == s0.dequantize && s1.flops - s0.flops == 3 * 2.0 * 3 * 10 * 24 &&
+                     sn.forward == 0 && sn.flops == 0,
+                 "stats count the calls", "forward +%lld, backward +%lld, uploads +%lld, flops +%g",
+                 (long long)(s1.forward - s0.forward), (long long)(s1.backward - s0.backward),
+                 (long long)(s1.uploads - s0.uploads), s1.flops - s0.flops);
         qlora_vk_release(vk, &w);
         tu_check(reused && w.backend_data == NULL && vk->nweights == n1 - 1, "residency cache",
                  "first %p now %p, %d -> %d resident", first, w.backend_data, (int)n1, (int)vk->nweights);

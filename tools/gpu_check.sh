@@ -6,12 +6,14 @@
 #                                     vulkan-validationlayers): copies what a bare GPU machine may lack
 #                                     into build/vkcarry/ (Vulkan headers, the loader, the validation layer)
 #   sh tools/gpu_check.sh             on the GPU machine, from the repository root; carry build/vkcarry.
-#                                     Writes the log to $OUT/gpu_check.log when OUT is set.
+#                                     Writes the log to $OUT/gpu_check.log and the figures (with the
+#                                     Vulkan / PyTorch ratios) to $OUT/gpu_figures.txt when OUT is set.
 #
 # Steps: environment report → locate headers / loader / NVIDIA ICD / validation layer (installed ones
-# first, carried ones second) → build test_vulkan and bench_vulkan → run the test (validation layer on
-# when available) → run the bench → PyTorch fp32 reference (skipped, with a line saying so, when torch
-# with CUDA is not importable).
+# first, carried ones second) → build test_vulkan, test_hybrid and bench_vulkan into build/gpu_check/ →
+# run the kernel test and the hybrid-trainer test (CPU vs device: losses, adapter, generate, score;
+# validation layer on when available) → run the bench → PyTorch fp32 reference (skipped, with a line
+# saying so, when torch with CUDA is not importable) → figures. Exit status: 0 when both tests pass.
 set -u
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,6 +50,7 @@ say "compiler: $($cc --version 2>/dev/null | head -n 1)"
 
 # Headers: installed, else carried.
 cflags="-std=c99 -O2 -Wall -Wextra -pedantic -march=native -I."
+bd=build/gpu_check                      # not build/: ./build.sh's bench binaries live there
 if [ -f /usr/include/vulkan/vulkan.h ]; then
     say "vulkan headers: /usr/include/vulkan"
 elif [ -f "$carry/include/vulkan/vulkan.h" ]; then
@@ -96,32 +99,38 @@ if [ -f "$carry/layer/VkLayer_khronos_validation.json" ] &&
 fi
 
 say "== build"
-mkdir -p build/tmp
+mkdir -p "$bd/tmp"
 ok=1
-for t in test/test_vulkan bench/bench_vulkan; do
+for t in test/test_vulkan test/test_hybrid bench/bench_vulkan; do
     n=$(basename "$t")
+    # -ldl: dlopen of the Vulkan loader on glibc < 2.34 (an empty stub library on newer ones)
     # shellcheck disable=SC2086  # cflags is a list of words
-    if ! timeout 300 $cc $cflags "$t.c" -o "build/$n" -lm >"build/$n.build.log" 2>&1; then
-        say "FAIL build $n (first 40 lines of build/$n.build.log):"; run_logged head -n 40 "build/$n.build.log"; ok=0
+    if ! timeout 300 $cc $cflags -Itest "$t.c" -o "$bd/$n" -lm -ldl >"$bd/$n.build.log" 2>&1; then
+        say "FAIL build $n (first 40 lines of $bd/$n.build.log):"; run_logged head -n 40 "$bd/$n.build.log"; ok=0
     else
-        say "built build/$n"
+        say "built $bd/$n"
     fi
 done
 [ $ok = 1 ] || exit 1
 
-say "== test_vulkan"
-timeout 300 ./build/test_vulkan > build/test_vulkan.out 2>&1
-rc=$?
-run_logged cat build/test_vulkan.out
-say "test_vulkan exit status: $rc"
+rc=0
+for n in test_vulkan test_hybrid; do
+    say "== $n"
+    QLORA_TEST_TMP="$bd/tmp" QLORA_VK_REQUIRE=1 timeout 300 "./$bd/$n" > "$bd/$n.out" 2>&1
+    r=$?
+    run_logged cat "$bd/$n.out"
+    say "$n exit status: $r ($(grep -c '^PASS' "$bd/$n.out") passed, $(grep -c '^FAIL' "$bd/$n.out") failed, $(grep -c '^SKIP' "$bd/$n.out") skipped)"
+    [ $r = 0 ] || rc=1
+done
 
 say "== bench_vulkan"
-timeout 300 ./build/bench_vulkan 2>&1 | tee -a "$log"
+timeout 300 "./$bd/bench_vulkan" > "$bd/bench_vulkan.out" 2>&1
+run_logged cat "$bd/bench_vulkan.out"
 
 say "== PyTorch fp32 reference on the same GPU"
 py=python3
 if $py -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
-    PYTHONUNBUFFERED=1 timeout 300 $py - <<'EOF' 2>&1 | tee -a "$log"
+    PYTHONUNBUFFERED=1 timeout 300 $py - <<'EOF' 2>&1
 import torch
 dev = torch.device("cuda")
 print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
@@ -164,7 +173,39 @@ t = bench(lambda: b.copy_(a))
 print("torch copy 512 MiB: %.3f ms %.1f GB/s (read + write)" % (t * 1e3, 2.0 * a.numel() / t / 1e9))
 EOF
 else
-    say "SKIP torch reference: torch with CUDA is not importable here"
-fi
-say "== done (test_vulkan exit status $rc)"
+    echo "SKIP torch reference: torch with CUDA is not importable here"
+fi > "$bd/torch.out"
+run_logged cat "$bd/torch.out"
+
+# Figures: the first non-CPU device of bench_vulkan against torch fp32 (TF32 off) on the same GPU.
+fig=/dev/null
+[ -n "${OUT:-}" ] && fig="$OUT/gpu_figures.txt"
+{
+    gpu=$(nvidia-smi -L 2>/dev/null | head -n 1)
+    echo "gpu_check $(date -u +%Y-%m-%dT%H:%MZ) on ${gpu:-a machine without nvidia-smi}"
+    grep -h -E '^# (running on|hybrid runs on|train:|[0-9]+ steps in|worst relative|eval_loss|adapter)' \
+        "$bd/test_vulkan.out" "$bd/test_hybrid.out" 2>/dev/null
+    awk '
+        FNR == 1 { f++ }
+        f == 1 && /^device / { dev = (index($0, "CPU Vulkan") == 0 && !seen) ? 1 : 0; if (dev) { seen = 1; print } }
+        f == 1 && dev && / GEMM M=/ { k = $1 " " $3 " " $4 " " $5; sub(/:$/, "", k); vk[k] = $9; print }
+        f == 1 && dev && /GEMV M=1|copy / { print }
+        f == 2 && /^torch (fp32|tf32) GEMM|^torch fp32 GEMV|^torch copy|^torch [0-9]/ { print }
+        f == 2 && /^torch fp32 GEMM/ {
+            d = (index($0, "dX = dY") > 0) ? "bwd" : "fwd"
+            for (i = 1; i <= NF; i++) if ($i ~ /^[MKN]=/) m[substr($i, 1, 1)] = $i
+            k = d " M=" substr(m["M"], 3) " K=" substr(m["K"], 3) " N=" substr(m["N"], 3); sub(/:$/, "", k)
+            t[k] = $(NF - 1)
+        }
+        END {
+            n = 0
+            for (k in vk) if (k in t && t[k] > 0) {
+                printf "ratio Vulkan NF4 / torch fp32 dense, %s: %.2f (%s vs %s GFLOP/s; target >= 0.5)\n", k, vk[k] / t[k], vk[k], t[k]
+                n++
+            }
+            if (n == 0) print "ratios: none (no GPU device in bench_vulkan, or no torch reference)"
+        }' "$bd/bench_vulkan.out" "$bd/torch.out"
+    echo "tests: exit status $rc (0 = test_vulkan and test_hybrid passed)"
+} | tee "$fig" | tee -a "$log"
+say "== done (tests exit status $rc)"
 exit $rc
