@@ -53,16 +53,18 @@ static void rad_opts_default(rad_opts *o) {
     o->audit_log = "audit.log";
     o->input = "-";
     o->threads = rad_default_threads();
-    // fine-tuning recipe: QLoRA (NF4 + DQ, paged AdamW, constant schedule, clipping 0.3, dropout 0.1) with
+    // fine-tuning recipe: QLoRA (NF4 + DQ, paged AdamW, clipping 0.3, dropout 0.1) with a cosine schedule and
     // rank/lr/epochs sized for the small embedded base model and a 10-minute budget on 2 cores
-    o->epochs = 3;   // measured on data/base: 1 epoch stays at the label prior (val acc 0.22), 2: 0.58, 3: 0.71
+    // val argmax accuracy on data/base, lr 1e-3: constant 1 epoch 0.22 (label prior), 2: 0.58, 3: 0.71, 4: 0.73;
+    // cosine 6 epochs: 0.82 (test exact match 0.44 -> 0.80); 6 epochs take about 6 minutes on 2 quiet cores
+    o->epochs = 6;
     o->batch_size = 8;
     o->grad_accum = 2;
     o->rank = 16;
     o->alpha = 32;
     o->dropout = 0.1;
     o->lr = 1e-3;
-    o->lr_scheduler = "constant";
+    o->lr_scheduler = "cosine";
     o->target = 0.97;
 }
 
@@ -287,10 +289,10 @@ static void rad_train_help(void) {
            "  --adapter DIR          output adapter directory (default data/adapter)\n"
            "  --train FILE           training split (default data/train.jsonl)\n"
            "  --val FILE             validation split, evaluated at the end (default data/val.jsonl)\n"
-           "  --epochs N             passes over the training split (default 3)\n"
+           "  --epochs N             passes over the training split (default 6)\n"
            "  --max-steps N          optimizer steps; > 0 overrides --epochs\n"
            "  --lr X                 peak learning rate (default 1e-3)\n"
-           "  --lr-scheduler S       constant (default, as QLoRA), linear or cosine (warmup 3%%)\n"
+           "  --lr-scheduler S       cosine (default), linear or constant (QLoRA's); warmup 3%%\n"
            "  --batch-size N         examples per micro-batch (default 8)\n"
            "  --grad-accum N         micro-batches per step (default 2)\n"
            "  --rank N --alpha X     LoRA rank and alpha (default 16, 32); --dropout X (default 0.1)\n"
