@@ -4938,16 +4938,22 @@ QLORADEF qlora_status qlora_safetensors_open(qlora_safetensors *st, const char *
     return s;
 }
 
-QLORADEF const qlora_st_tensor *qlora_safetensors_find(const qlora_safetensors *st, const char *name) {
-    if (!st || !name || !st->by_name) return NULL;
-    int64_t lo = 0, hi = st->n_tensors;
+// Binary search of a tensor list sorted by name (a file's or a whole model directory's).
+static const qlora_st_tensor *qlora__st_find_sorted(const qlora_st_tensor *const *by_name, int64_t n,
+                                                    const char *name) {
+    if (!by_name || !name) return NULL;
+    int64_t lo = 0, hi = n;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(st->by_name[mid]->name, name);
-        if (c == 0) return st->by_name[mid];
+        int c = strcmp(by_name[mid]->name, name);
+        if (c == 0) return by_name[mid];
         if (c < 0) lo = mid + 1; else hi = mid;
     }
     return NULL;
+}
+
+QLORADEF const qlora_st_tensor *qlora_safetensors_find(const qlora_safetensors *st, const char *name) {
+    return st ? qlora__st_find_sorted((const qlora_st_tensor *const *)st->by_name, st->n_tensors, name) : NULL;
 }
 
 QLORADEF const char *qlora_safetensors_meta(const qlora_safetensors *st, const char *key) {
@@ -5406,15 +5412,7 @@ done:
 }
 
 QLORADEF const qlora_st_tensor *qlora_st_model_find(const qlora_st_model *m, const char *name) {
-    if (!m || !name || !m->by_name) return NULL;
-    int64_t lo = 0, hi = m->n_tensors;
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(m->by_name[mid]->name, name);
-        if (c == 0) return m->by_name[mid];
-        if (c < 0) lo = mid + 1; else hi = mid;
-    }
-    return NULL;
+    return m ? qlora__st_find_sorted(m->by_name, m->n_tensors, name) : NULL;
 }
 
 // ---------------------------------------------------------------------------------------------

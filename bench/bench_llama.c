@@ -168,6 +168,17 @@ static qlora_status bl_timer_bwd(void *user, float *dx, const float *dy, const q
     return st;
 }
 
+// A backend whose NF4 matmuls run the CPU kernels through the timer t.
+static qlora_backend bl_timer_backend(bl_nf4_timer *t) {
+    qlora_backend be;
+    memset(&be, 0, sizeof be);
+    be.name = "bench-timer";
+    be.user = t;
+    be.nf4_linear_forward = bl_timer_fwd;
+    be.nf4_linear_backward = bl_timer_bwd;
+    return be;
+}
+
 // ---------------------------------------------------------------------------------------------
 // child processes: one model each
 
@@ -344,12 +355,7 @@ static bl_replay bl_replay_phases(qlora_model *m, qlora_train_state *ts) {
                                                           QLORA_TARGET_O, QLORA_TARGET_Q, QLORA_TARGET_K,
                                                           QLORA_TARGET_V };
         bl_nf4_timer nt;
-        qlora_backend be;
-        memset(&be, 0, sizeof be);
-        be.name = "bench-timer";
-        be.user = &nt;
-        be.nf4_linear_forward = bl_timer_fwd;
-        be.nf4_linear_backward = bl_timer_bwd;
+        qlora_backend be = bl_timer_backend(&nt);
         qlora_exec ex = m->exec;
         ex.backend = &be;
         qlora_llama_layer *ly = &m->layers[c->n_layers - 1];
@@ -497,12 +503,7 @@ static int bl_child_train(const bl_cfg *c, double peak, int warmup, int steps) {
 
     bl_nf4_timer nt;
     bl_timer_reset(&nt, m.exec.kernel);
-    qlora_backend be;
-    memset(&be, 0, sizeof be);
-    be.name = "bench-timer";
-    be.user = &nt;
-    be.nf4_linear_forward = bl_timer_fwd;
-    be.nf4_linear_backward = bl_timer_bwd;
+    qlora_backend be = bl_timer_backend(&nt);
     m.exec.backend = &be;
 
     double best = 1e30, b_fwd = 0, b_bwd = 0, b_opt = 0, b_nf4f = 0, b_nf4b = 0, sum = 0.0, cpu_min = 1e30;
@@ -640,12 +641,7 @@ static int bl_child_decode(int layers, int n_dec) {
     bl_model_init(&m, &c);
     const double bw = bc_stream_read((int64_t)1 << 29, 4);
     bl_nf4_timer nt;
-    qlora_backend be;
-    memset(&be, 0, sizeof be);
-    be.name = "bench-timer";
-    be.user = &nt;
-    be.nf4_linear_forward = bl_timer_fwd;
-    be.nf4_linear_backward = bl_timer_bwd;
+    qlora_backend be = bl_timer_backend(&nt);
     bl_decode(&m, &c, bw, n_dec, &nt, &be);
     qlora_model_free(&m);
     return 0;
@@ -668,12 +664,7 @@ static int bl_child_7b(double peak, double bw, int quick) {
 
     bl_nf4_timer nt;
     bl_timer_reset(&nt, m.exec.kernel);
-    qlora_backend be;
-    memset(&be, 0, sizeof be);
-    be.name = "bench-timer";
-    be.user = &nt;
-    be.nf4_linear_forward = bl_timer_fwd;
-    be.nf4_linear_backward = bl_timer_bwd;
+    qlora_backend be = bl_timer_backend(&nt);
 
     // --- decode ---
     bl_decode(&m, c, bw, quick ? 4 : 16, &nt, &be);
