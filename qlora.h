@@ -773,9 +773,10 @@ QLORADEF void qlora_attention_forward(float *out /*(B,T,NH,HD)*/, float *att /*(
                                       int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD);
 // dq (B,T,NH,HD), dk, dv (B,T,NKV,HD) += gradients of out given dout. Accumulates. Parallel over
 // (b, kv head) pairs, so that the query heads sharing a kv head add into dk/dv from one thread.
+// out is the forward's output, for δ_i = dout_i·out_i; NULL rebuilds it from att and v (more work).
 QLORADEF void qlora_attention_backward(float *dq /*(B,T,NH,HD)*/, float *dk /*(B,T,NKV,HD)*/,
                                        float *dv /*(B,T,NKV,HD)*/, const float *dout /*(B,T,NH,HD)*/,
-                                       const float *q /*(B,T,NH,HD)*/, const float *k /*(B,T,NKV,HD)*/,
+                                       const float *out /*(B,T,NH,HD) or NULL*/, const float *q /*(B,T,NH,HD)*/, const float *k /*(B,T,NKV,HD)*/,
                                        const float *v /*(B,T,NKV,HD)*/, const float *att /*(B,NH,T,T)*/,
                                        int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t HD);
 // Incremental decoding: one query position attends over cached keys 0..n_ctx-1 (all allowed).
@@ -1004,6 +1005,10 @@ typedef struct qlora_train_state {
     float            *dg, *du, *da;   // (M, H)
     float            *dlogits;        // (logit_rows, V)
     int64_t           logit_rows;     // rows of dlogits processed at a time
+    // fused LoRA of the projections that read one input (q, k, v; gate, up), when no dropout mask applies
+    float            *lora_xg;        // (M, 3·R) their x·Aᵀ side by side in forward, s·dy·B in backward
+    float            *lora_a;         // (3·R, C) their A matrices stacked
+    float            *lora_da;        // (3·R, C) gᵀ·x before it is split into their dA
     double            loss_sum;       // Σ per-token cross-entropy of the last forward
     int64_t           n_counted;      // tokens counted in the loss
     float             loss;           // loss_sum / n_counted (0 when nothing counted)
@@ -7947,9 +7952,10 @@ QLORADEF void qlora_attention_forward(float *out, float *att, const float *q, co
 }
 
 // Backward of one (b, kv head), the _ref kernel: row at a time, no scratch.
-static void qlora__attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                          const float *k, const float *v, const float *att, int64_t b, int64_t kvh,
-                                          int64_t T, int64_t NH, int64_t NKV, int64_t HD, float scale) {
+static void qlora__attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                          const float *q, const float *k, const float *v, const float *att,
+                                          int64_t b, int64_t kvh, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
+                                          float scale) {
     const int64_t G = NH / NKV, kvs = NKV * HD;
     const float *kb = k + (b * T * NKV + kvh) * HD, *vb = v + (b * T * NKV + kvh) * HD;
     float *dkb = dk + (b * T * NKV + kvh) * HD, *dvb = dv + (b * T * NKV + kvh) * HD;
@@ -7959,9 +7965,9 @@ static void qlora__attention_backward_ref(float *dq, float *dk, float *dv, const
             const int64_t qo = ((b * T + i) * NH + h) * HD;
             const float *doi = dout + qo, *qi = q + qo;
             float *dqi = dq + qo;
-            // δ = Σ_j p_j·dp_j = do·o_i, with o_i rebuilt in chunks of 64 dims
-            float delta = 0.0f;
-            for (int64_t d0 = 0; d0 < HD; d0 += 64) {
+            // δ = Σ_j p_j·dp_j = do·o_i, with o_i from the forward or rebuilt in chunks of 64 dims
+            float delta = out ? qlora__ops_dot(doi, out + qo, HD) : 0.0f;
+            for (int64_t d0 = 0; d0 < HD && !out; d0 += 64) {
                 float o[64];
                 const int64_t nd = (HD - d0 < 64) ? HD - d0 : 64;
                 for (int64_t d = 0; d < nd; d++) o[d] = 0.0f;
@@ -7982,9 +7988,9 @@ static void qlora__attention_backward_ref(float *dq, float *dk, float *dv, const
 
 // Backward of one (b, kv head) on tiles. The q heads that share the kv head run one after another in this
 // thread, so dk/dv have one writer and a fixed summation order.
-static void qlora__attention_backward_bkv(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                          const float *k, const float *v, const float *att, int64_t b,
-                                          int64_t kvh, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
+static void qlora__attention_backward_bkv(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                          const float *q, const float *k, const float *v, const float *att,
+                                          int64_t b, int64_t kvh, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
                                           float scale) {
     const int64_t W = QLORA__OPS_W, R = QLORA__ATT_R, QC = QLORA__ATT_QC;
     const int64_t G = NH / NKV, qs = NH * HD, kvs = NKV * HD;
@@ -7998,13 +8004,17 @@ static void qlora__attention_backward_bkv(float *dq, float *dk, float *dv, const
     float *orow[QLORA__ATT_R];
     for (int64_t h = kvh * G; h < (kvh + 1) * G; h++) {
         const float *qb = q + (b * T * NH + h) * HD, *dob = dout + (b * T * NH + h) * HD;
+        const float *ob = out ? out + (b * T * NH + h) * HD : NULL;
         const float *ab = att + (b * NH + h) * T * T;
         float *dqb = dq + (b * T * NH + h) * HD;
         for (int64_t q0 = 0; q0 < T; q0 += QC) {
             const int64_t q1 = T - q0 < QC ? T : q0 + QC;
-            // forward: o_i = Σ_j p_ij·v_j.  δ_i = Σ_j p_ij·dp_ij = do_i·o_i, with o rebuilt for these rows
-            memset(oc, 0, (size_t)((q1 - q0) * HD) * sizeof(float));
-            for (int64_t j0 = 0; j0 < q1; j0 += W) {
+            // forward: o_i = Σ_j p_ij·v_j.  δ_i = Σ_j p_ij·dp_ij = do_i·o_i, with o from the forward or
+            // rebuilt for these rows
+            if (ob)
+                for (int64_t i = q0; i < q1; i++) delta[i - q0] = qlora__ops_dot(dob + i * qs, ob + i * qs, HD);
+            else memset(oc, 0, (size_t)((q1 - q0) * HD) * sizeof(float));
+            for (int64_t j0 = 0; j0 < q1 && !ob; j0 += W) {
                 const int64_t nk = T - j0 < W ? T - j0 : W;
                 qlora__att_gather(kc, vb + j0 * kvs, kvs, nk, HD);
                 const int64_t first = j0 > q0 ? q0 + (j0 - q0) / R * R : q0;
@@ -8018,7 +8028,7 @@ static void qlora__attention_backward_bkv(float *dq, float *dk, float *dv, const
                     qlora__att_tile_rows(orow, row, kc, nk, HD, nr, 0);
                 }
             }
-            for (int64_t i = q0; i < q1; i++)
+            for (int64_t i = q0; i < q1 && !ob; i++)
                 delta[i - q0] = qlora__ops_dot(dob + i * qs, oc + (i - q0) * HD, HD);
             memset(oc, 0, (size_t)((q1 - q0) * HD) * sizeof(float));   // from here on: dq of these rows
             for (int64_t j0 = 0; j0 < q1; j0 += W) {
@@ -8080,9 +8090,9 @@ static void qlora__attention_backward_bkv(float *dq, float *dk, float *dv, const
     }
 }
 
-QLORADEF void qlora_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                       const float *k, const float *v, const float *att, int64_t B, int64_t T,
-                                       int64_t NH, int64_t NKV, int64_t HD) {
+QLORADEF void qlora_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                       const float *q, const float *k, const float *v, const float *att, int64_t B,
+                                       int64_t T, int64_t NH, int64_t NKV, int64_t HD) {
     if (NKV <= 0 || NH % NKV != 0) return;
     const float scale = (float)(1.0 / sqrt((double)HD));
     // forward: s_ij = scale·q_i·k_j;  p_ij = softmax_j(s_ij);  o_i = Σ_j p_ij·v_j. Parallel over
@@ -8093,8 +8103,8 @@ QLORADEF void qlora_attention_backward(float *dq, float *dk, float *dv, const fl
     for (int64_t b = 0; b < B; b++)
         for (int64_t kvh = 0; kvh < NKV; kvh++) {
             if (HD <= QLORA__ATT_MAX_HD)
-                qlora__attention_backward_bkv(dq, dk, dv, dout, q, k, v, att, b, kvh, T, NH, NKV, HD, scale);
-            else qlora__attention_backward_ref(dq, dk, dv, dout, q, k, v, att, b, kvh, T, NH, NKV, HD, scale);
+                qlora__attention_backward_bkv(dq, dk, dv, dout, out, q, k, v, att, b, kvh, T, NH, NKV, HD, scale);
+            else qlora__attention_backward_ref(dq, dk, dv, dout, out, q, k, v, att, b, kvh, T, NH, NKV, HD, scale);
         }
 }
 
@@ -9098,6 +9108,11 @@ static int64_t qlora__ll_ts_layout(qlora_train_state *ts, const qlora_model *m, 
     s.du = (float *)qlora__ll_carve(&cv, M, H, 4);
     s.da = (float *)qlora__ll_carve(&cv, M, H, 4);
     s.dlogits = (float *)qlora__ll_carve(&cv, rows, V, 4);
+    if (R > 0) {
+        s.lora_xg = (float *)qlora__ll_carve(&cv, M, 3 * R, 4);
+        s.lora_a = (float *)qlora__ll_carve(&cv, 3 * R, C, 4);
+        s.lora_da = (float *)qlora__ll_carve(&cv, 3 * R, C, 4);
+    }
     if (!cv.ok) return -1;
     if (base) {
         s.B = B;
@@ -9198,6 +9213,137 @@ static qlora_status qlora__ll_proj_back(qlora_model *m, int l, int t, float *dx,
                : qlora__ll_wrap(err, st, "layer %d %s backward", l, qlora_target_name((qlora_target)t));
 }
 
+// The projections tg[0..n-1] of layer l read one input x (M, C): q, k, v, or gate, up. Their LoRA runs
+// fused when at least two of them carry an adapter and no dropout mask applies (each projection would
+// draw its own): with their A stacked as A_s (Σr, C), x·A_sᵀ is one product, and in backward gᵀ·x and
+// g·A_s (g = the s·dy·B side by side) are one each, so x and dx stream through once instead of n times.
+// Returns the number of fused projections (0: run them one by one); marks them in fused[].
+static int qlora__ll_group_fusable(const qlora_model *m, const qlora_train_state *ts, int l, const int *tg, int n,
+                                   int training, int *fused) {
+    const qlora_llama_layer *ly = &m->layers[l];
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        const qlora_lora *a = &ly->lora[tg[i]];
+        fused[i] = !ly->dense[tg[i]] && a->A && a->rank <= ts->lora_rank;
+        if (fused[i] && training && a->dropout > 0.0f) return 0;
+        k += fused[i];
+    }
+    return ts->lora_xg && k >= 2 ? k : 0;
+}
+
+// lora_a (Σr, C) = the A of the fused projections, stacked in order. Returns Σr.
+static int64_t qlora__ll_group_stack_a(const qlora_model *m, qlora_train_state *ts, int l, const int *tg, int n,
+                                       const int *fused) {
+    const qlora_llama_layer *ly = &m->layers[l];
+    int64_t r = 0;
+    for (int i = 0; i < n; i++) {
+        if (!fused[i]) continue;
+        const qlora_lora *a = &ly->lora[tg[i]];
+        memcpy(ts->lora_a + r * a->in, a->A, sizeof(float) * (size_t)(a->rank * a->in));
+        r += a->rank;
+    }
+    return r;
+}
+
+// y[i] (M, out_i) = x·W_iᵀ + s_i·x·A_iᵀ·B_iᵀ for the projections tg[i] of layer l that share x (M, C).
+static qlora_status qlora__ll_proj_group(qlora_model *m, qlora_train_state *ts, int l, const int *tg, int n,
+                                         float *const *y, const float *x, qlora_llama_acts *A, int64_t M,
+                                         int training, qlora_error *err) {
+    int fused[3];
+    qlora_status st = QLORA_OK;
+    if (!qlora__ll_group_fusable(m, ts, l, tg, n, training, fused)) {
+        for (int i = 0; i < n && st == QLORA_OK; i++)
+            st = qlora__ll_proj(m, l, tg[i], y[i], x, &A->cache[tg[i]], M, training, err);
+        return st;
+    }
+    qlora_llama_layer *ly = &m->layers[l];
+    const int64_t C = m->cfg.hidden_size;
+    for (int i = 0; i < n && st == QLORA_OK; i++) {
+        if (!fused[i]) {
+            st = qlora__ll_proj(m, l, tg[i], y[i], x, &A->cache[tg[i]], M, training, err);
+            continue;
+        }
+        st = qlora__lora_check("lora forward", &ly->lora[tg[i]], &ly->w[tg[i]], M, err);
+        if (st == QLORA_OK) st = qlora_nf4_linear_forward(&m->exec, y[i], x, &ly->w[tg[i]], M, err);   // y = x·Wᵀ
+        if (st != QLORA_OK) return qlora__ll_wrap(err, st, "layer %d %s", l, qlora_target_name((qlora_target)tg[i]));
+    }
+    if (st != QLORA_OK) return st;
+    const int64_t R = qlora__ll_group_stack_a(m, ts, l, tg, n, fused);
+    // xg (M, Σr) = x (M, C) · A_sᵀ;  then per projection xa (M, r) = its columns, y += s·xa·Bᵀ
+    qlora_sgemm(&m->exec, 0, 1, M, R, C, 1.0f, x, C, ts->lora_a, C, 0.0f, ts->lora_xg, R);
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        if (!fused[i]) continue;
+        const qlora_lora *a = &ly->lora[tg[i]];
+        qlora_lora_cache *cache = &A->cache[tg[i]];
+        const int64_t r = a->rank;
+        for (int64_t row = 0; row < M; row++)
+            memcpy(cache->xa + row * r, ts->lora_xg + row * R + off, sizeof(float) * (size_t)r);
+        cache->dropped = 0;
+        qlora_sgemm(&m->exec, 0, 1, M, a->out, r, a->scale, cache->xa, r, a->B, r, 1.0f, y[i], a->out);
+        off += r;
+    }
+    return QLORA_OK;
+}
+
+// Backward of qlora__ll_proj_group: dx (M, C) += Σ_i dy_i·W_i + LoRA (dx may be NULL); dA_i, dB_i accumulate.
+static qlora_status qlora__ll_proj_back_group(qlora_model *m, qlora_train_state *ts, int l, const int *tg, int n,
+                                              float *dx, const float *const *dy, const float *x,
+                                              const qlora_llama_acts *A, int64_t M, qlora_error *err) {
+    int fused[3];
+    qlora_status st = QLORA_OK;
+    int ok = qlora__ll_group_fusable(m, ts, l, tg, n, 0, fused);
+    for (int i = 0; i < n && ok; i++) ok = !fused[i] || !A->cache[tg[i]].dropped;
+    if (!ok) {
+        for (int i = 0; i < n && st == QLORA_OK; i++)
+            st = qlora__ll_proj_back(m, l, tg[i], dx, dy[i], x, &A->cache[tg[i]], M, err);
+        return st;
+    }
+    qlora_llama_layer *ly = &m->layers[l];
+    const int64_t C = m->cfg.hidden_size;
+    int64_t R = 0;
+    for (int i = 0; i < n; i++) R += fused[i] ? ly->lora[tg[i]].rank : 0;
+    // per projection: dB += s·dyᵀ·xa;  g (M, r) = s·dy·B into its columns of xg (M, Σr)
+    int64_t off = 0;
+    for (int i = 0; i < n && st == QLORA_OK; i++) {
+        if (!fused[i]) {
+            st = qlora__ll_proj_back(m, l, tg[i], dx, dy[i], x, &A->cache[tg[i]], M, err);
+            continue;
+        }
+        qlora_lora *a = &ly->lora[tg[i]];
+        st = qlora__lora_check("lora backward", a, &ly->w[tg[i]], M, err);
+        if (st == QLORA_OK && (!a->dA || !a->dB))
+            st = qlora__fail(err, QLORA_ERR_ARG, "lora backward: layer has no gradient buffers");
+        if (st != QLORA_OK)
+            return qlora__ll_wrap(err, st, "layer %d %s backward", l, qlora_target_name((qlora_target)tg[i]));
+        const int64_t r = a->rank, out = a->out;
+        qlora_sgemm(&m->exec, 1, 0, out, r, M, a->scale, dy[i], out, A->cache[tg[i]].xa, r, 1.0f, a->dB, r);
+        qlora_sgemm(&m->exec, 0, 0, M, r, out, a->scale, dy[i], out, a->B, r, 0.0f, ts->lora_xg + off, R);
+        if (dx) {
+            st = qlora_nf4_linear_backward(&m->exec, dx, dy[i], &ly->w[tg[i]], M, err);   // dx += dy·W
+            if (st != QLORA_OK)
+                return qlora__ll_wrap(err, st, "layer %d %s backward", l, qlora_target_name((qlora_target)tg[i]));
+        }
+        off += r;
+    }
+    if (st != QLORA_OK) return st;
+    // da (Σr, C) = gᵀ·x, split into the dA;  dx += g·A_s
+    qlora_sgemm(&m->exec, 1, 0, R, C, M, 1.0f, ts->lora_xg, R, x, C, 0.0f, ts->lora_da, C);
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        if (!fused[i]) continue;
+        qlora_lora *a = &ly->lora[tg[i]];
+        const float *src = ts->lora_da + off * C;
+        for (int64_t j = 0; j < a->rank * C; j++) a->dA[j] += src[j];
+        off += a->rank;
+    }
+    if (dx) {
+        qlora__ll_group_stack_a(m, ts, l, tg, n, fused);
+        qlora_sgemm(&m->exec, 0, 0, M, C, R, 1.0f, ts->lora_xg, R, ts->lora_a, C, 1.0f, dx, C);
+    }
+    return QLORA_OK;
+}
+
 // y += x elementwise.
 static void qlora__ll_add(float *y, const float *x, int64_t n) {
 #ifdef _OPENMP
@@ -9217,12 +9363,9 @@ static qlora_status qlora__ll_layer_forward(qlora_model *m, qlora_train_state *t
     qlora_status st = QLORA_OK;
     // 1. attention block: h = x + o_proj(attn(rope(q), rope(k), v)) on n1 = rmsnorm_in(x)
     qlora_rmsnorm_forward(A->ln1, A->rstd1, x, ly->input_norm, M, C, c->rms_norm_eps);
-    if (st == QLORA_OK)
-        st = qlora__ll_proj(m, l, QLORA_TARGET_Q, A->q, A->ln1, &A->cache[QLORA_TARGET_Q], M, training, err);
-    if (st == QLORA_OK)
-        st = qlora__ll_proj(m, l, QLORA_TARGET_K, A->k, A->ln1, &A->cache[QLORA_TARGET_K], M, training, err);
-    if (st == QLORA_OK)
-        st = qlora__ll_proj(m, l, QLORA_TARGET_V, A->v, A->ln1, &A->cache[QLORA_TARGET_V], M, training, err);
+    const int qkv[3] = {QLORA_TARGET_Q, QLORA_TARGET_K, QLORA_TARGET_V};
+    float *const qkv_out[3] = {A->q, A->k, A->v};
+    st = qlora__ll_proj_group(m, ts, l, qkv, 3, qkv_out, A->ln1, A, M, training, err);
     if (st != QLORA_OK) return st;
     qlora_rope_forward(A->q, ts->pos, m->rope_cos, m->rope_sin, M, c->n_heads, c->head_dim);
     qlora_rope_forward(A->k, ts->pos, m->rope_cos, m->rope_sin, M, c->n_kv_heads, c->head_dim);
@@ -9233,9 +9376,9 @@ static qlora_status qlora__ll_layer_forward(qlora_model *m, qlora_train_state *t
     qlora__ll_add(A->h, x, M * C);
     // 2. MLP block: y = h + down(silu(gate(n2)) ⊙ up(n2)) on n2 = rmsnorm_post(h)
     qlora_rmsnorm_forward(A->ln2, A->rstd2, A->h, ly->post_norm, M, C, c->rms_norm_eps);
-    st = qlora__ll_proj(m, l, QLORA_TARGET_GATE, A->g, A->ln2, &A->cache[QLORA_TARGET_GATE], M, training, err);
-    if (st == QLORA_OK)
-        st = qlora__ll_proj(m, l, QLORA_TARGET_UP, A->u, A->ln2, &A->cache[QLORA_TARGET_UP], M, training, err);
+    const int gu[2] = {QLORA_TARGET_GATE, QLORA_TARGET_UP};
+    float *const gu_out[2] = {A->g, A->u};
+    st = qlora__ll_proj_group(m, ts, l, gu, 2, gu_out, A->ln2, A, M, training, err);
     if (st != QLORA_OK) return st;
     qlora_swiglu_forward(A->a, A->g, A->u, M * H);
     st = qlora__ll_proj(m, l, QLORA_TARGET_DOWN, y, A->a, &A->cache[QLORA_TARGET_DOWN], M, training, err);
@@ -9275,11 +9418,9 @@ static qlora_status qlora__ll_layer_backward(qlora_model *m, qlora_train_state *
     qlora_swiglu_backward(ts->dg, ts->du, ts->da, A->g, A->u, M * H);
     // 2. g = gate(ln2), u = up(ln2), ln2 = rmsnorm_post(h): dres += ∂ln2/∂h · dln2
     memset(ts->dln, 0, sizeof(float) * (size_t)(M * C));
-    st = qlora__ll_proj_back(m, l, QLORA_TARGET_GATE, ts->dln, ts->dg, A->ln2, &A->cache[QLORA_TARGET_GATE], M,
-                             err);
-    if (st == QLORA_OK)
-        st = qlora__ll_proj_back(m, l, QLORA_TARGET_UP, ts->dln, ts->du, A->ln2, &A->cache[QLORA_TARGET_UP], M,
-                                 err);
+    const int gu[2] = {QLORA_TARGET_GATE, QLORA_TARGET_UP};
+    const float *const gu_grad[2] = {ts->dg, ts->du};
+    st = qlora__ll_proj_back_group(m, ts, l, gu, 2, ts->dln, gu_grad, A->ln2, A, M, err);
     if (st != QLORA_OK) return st;
     if (gl) {
         qlora__ll_proj_wgrad(m, QLORA_TARGET_GATE, gl->w[QLORA_TARGET_GATE], ts->dg, A->ln2, M);
@@ -9297,17 +9438,15 @@ static qlora_status qlora__ll_layer_backward(qlora_model *m, qlora_train_state *
     memset(ts->dq, 0, sizeof(float) * (size_t)(M * QD));
     memset(ts->dk, 0, sizeof(float) * (size_t)(M * KD));
     memset(ts->dv, 0, sizeof(float) * (size_t)(M * KD));
-    qlora_attention_backward(ts->dq, ts->dk, ts->dv, ts->dao, A->q, A->k, A->v, A->att, ts->B, ts->T,
+    qlora_attention_backward(ts->dq, ts->dk, ts->dv, ts->dao, A->ao, A->q, A->k, A->v, A->att, ts->B, ts->T,
                              c->n_heads, c->n_kv_heads, c->head_dim);
     qlora_rope_backward(ts->dq, ts->pos, m->rope_cos, m->rope_sin, M, c->n_heads, c->head_dim);
     qlora_rope_backward(ts->dk, ts->pos, m->rope_cos, m->rope_sin, M, c->n_kv_heads, c->head_dim);
     float *dln = l > 0 || gl ? ts->dln : NULL;
     if (dln) memset(dln, 0, sizeof(float) * (size_t)(M * C));
-    st = qlora__ll_proj_back(m, l, QLORA_TARGET_Q, dln, ts->dq, A->ln1, &A->cache[QLORA_TARGET_Q], M, err);
-    if (st == QLORA_OK)
-        st = qlora__ll_proj_back(m, l, QLORA_TARGET_K, dln, ts->dk, A->ln1, &A->cache[QLORA_TARGET_K], M, err);
-    if (st == QLORA_OK)
-        st = qlora__ll_proj_back(m, l, QLORA_TARGET_V, dln, ts->dv, A->ln1, &A->cache[QLORA_TARGET_V], M, err);
+    const int qkv[3] = {QLORA_TARGET_Q, QLORA_TARGET_K, QLORA_TARGET_V};
+    const float *const qkv_grad[3] = {ts->dq, ts->dk, ts->dv};
+    st = qlora__ll_proj_back_group(m, ts, l, qkv, 3, dln, qkv_grad, A->ln1, A, M, err);
     if (st != QLORA_OK) return st;
     if (gl) {
         qlora__ll_proj_wgrad(m, QLORA_TARGET_Q, gl->w[QLORA_TARGET_Q], ts->dq, A->ln1, M);

@@ -325,7 +325,7 @@ static bl_replay bl_replay_phases(qlora_model *m, qlora_train_state *ts) {
         memset(ts->dq, 0, sizeof(float) * (size_t)(M * NH * HD));
         memset(ts->dk, 0, sizeof(float) * (size_t)(M * NKV * HD));
         memset(ts->dv, 0, sizeof(float) * (size_t)(M * NKV * HD));
-        qlora_attention_backward(ts->dq, ts->dk, ts->dv, ts->dao, A->q, A->k, A->v, A->att, ts->B, ts->T, NH, NKV,
+        qlora_attention_backward(ts->dq, ts->dk, ts->dv, ts->dao, A->ao, A->q, A->k, A->v, A->att, ts->B, ts->T, NH, NKV,
                                  HD);
         qlora_rope_backward(ts->dq, ts->pos, m->rope_cos, m->rope_sin, M, NH, HD);
         qlora_rope_backward(ts->dk, ts->pos, m->rope_cos, m->rope_sin, M, NKV, HD);
@@ -333,59 +333,58 @@ static bl_replay bl_replay_phases(qlora_model *m, qlora_train_state *ts) {
         if (t1 - t0 < r.attn_fwd) r.attn_fwd = t1 - t0;
         if (t2 - t1 < r.attn_bwd) r.attn_bwd = t2 - t1;
     }
-    // adapters of the last layer: the seven projections forward, then backward in the model's order,
-    // with the real NF4 matmuls in between (so the thread pools switch as in a step); the NF4 time
-    // measured by the timing backend is taken out, the rest is LoRA
+    // adapters of the last layer: the seven projections forward, then backward in the model's order, through
+    // the model's own projection functions (q, k, v and gate, up fused as in a step), with the real NF4
+    // matmuls in between (so the thread pools switch as in a step); the NF4 time measured by the timing
+    // backend is taken out, the rest is LoRA
     {
         int64_t wmax = C > H ? C : H;
         wmax = wmax > NH * HD ? wmax : NH * HD;
         float *x = (float *)bc_xmalloc(sizeof(float) * (size_t)(M * wmax));
-        float *y = (float *)bc_xmalloc(sizeof(float) * (size_t)(M * wmax));
         float *dy = (float *)bc_xmalloc(sizeof(float) * (size_t)(M * wmax));
         float *dx = (float *)bc_xmalloc(sizeof(float) * (size_t)(M * wmax));
-        const int64_t R = ts->lora_rank > 0 ? ts->lora_rank : 1;
-        float *xa = (float *)bc_xmalloc(sizeof(float) * (size_t)(M * R * QLORA_TARGET_COUNT));
+        float *y[3];
+        for (int i = 0; i < 3; i++) y[i] = (float *)bc_xmalloc(sizeof(float) * (size_t)(M * wmax));
         uint64_t s = 99;
         for (int64_t i = 0; i < M * wmax; i++) {
             x[i] = bc_rng_float(&s);
             dy[i] = 1e-3f * bc_rng_float(&s);
             dx[i] = 0.0f;
         }
-        static const int order_bwd[QLORA_TARGET_COUNT] = { QLORA_TARGET_DOWN, QLORA_TARGET_GATE, QLORA_TARGET_UP,
-                                                          QLORA_TARGET_O, QLORA_TARGET_Q, QLORA_TARGET_K,
-                                                          QLORA_TARGET_V };
+        static const int qkv[3] = { QLORA_TARGET_Q, QLORA_TARGET_K, QLORA_TARGET_V };
+        static const int gu[2] = { QLORA_TARGET_GATE, QLORA_TARGET_UP };
+        const float *const dys[3] = { dy, dy, dy };
+        const int l = c->n_layers - 1;
         bl_nf4_timer nt;
         qlora_backend be = bl_timer_backend(&nt);
-        qlora_exec ex = m->exec;
-        ex.backend = &be;
-        qlora_llama_layer *ly = &m->layers[c->n_layers - 1];
-        qlora_lora_cache cache[QLORA_TARGET_COUNT];
+        const qlora_backend *saved = m->exec.backend;
+        m->exec.backend = &be;
         for (int rep = 0; rep < 3; rep++) {
+            qlora_status st = QLORA_OK;
             bl_timer_reset(&nt, m->exec.kernel);
-            memset(cache, 0, sizeof cache);
             double t0 = bc_now();
-            for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
-                if (!ly->lora[t].A) continue;
-                cache[t].xa = xa + (int64_t)t * M * R;
-                qlora_status st = qlora_lora_forward(&ex, y, &cache[t], x, &ly->lora[t], &ly->w[t], M, 1, &err);
-                if (st != QLORA_OK) bl_die("LoRA replay", st, &err);
-            }
+            st = qlora__ll_proj_group(m, ts, l, qkv, 3, y, x, A, M, 1, &err);
+            if (st == QLORA_OK) st = qlora__ll_proj(m, l, QLORA_TARGET_O, y[0], x, &A->cache[QLORA_TARGET_O], M, 1, &err);
+            if (st == QLORA_OK) st = qlora__ll_proj_group(m, ts, l, gu, 2, y, x, A, M, 1, &err);
+            if (st == QLORA_OK)
+                st = qlora__ll_proj(m, l, QLORA_TARGET_DOWN, y[0], x, &A->cache[QLORA_TARGET_DOWN], M, 1, &err);
             double t1 = bc_now();
-            for (int i = 0; i < QLORA_TARGET_COUNT; i++) {
-                const int t = order_bwd[i];
-                if (!ly->lora[t].A) continue;
-                qlora_status st = qlora_lora_backward(&ex, dx, &ly->lora[t], dy, x, &cache[t], &ly->w[t], M, &err);
-                if (st != QLORA_OK) bl_die("LoRA replay", st, &err);
-            }
+            if (st == QLORA_OK)
+                st = qlora__ll_proj_back(m, l, QLORA_TARGET_DOWN, dx, dy, x, &A->cache[QLORA_TARGET_DOWN], M, &err);
+            if (st == QLORA_OK) st = qlora__ll_proj_back_group(m, ts, l, gu, 2, dx, dys, x, A, M, &err);
+            if (st == QLORA_OK)
+                st = qlora__ll_proj_back(m, l, QLORA_TARGET_O, dx, dy, x, &A->cache[QLORA_TARGET_O], M, &err);
+            if (st == QLORA_OK) st = qlora__ll_proj_back_group(m, ts, l, qkv, 3, dx, dys, x, A, M, &err);
             double t2 = bc_now();
+            if (st != QLORA_OK) bl_die("LoRA replay", st, &err);
             if (t1 - t0 - nt.fwd_s < r.lora_fwd) r.lora_fwd = t1 - t0 - nt.fwd_s;
             if (t2 - t1 - nt.bwd_s < r.lora_bwd) r.lora_bwd = t2 - t1 - nt.bwd_s;
         }
+        m->exec.backend = saved;
         free(x);
-        free(y);
         free(dy);
         free(dx);
-        free(xa);
+        for (int i = 0; i < 3; i++) free(y[i]);
     }
     // lm_head + cross-entropy, as qlora_model_forward_train / qlora_model_backward run them
     {

@@ -224,7 +224,7 @@ static void fd_attention(const char *tag, int B, int T, int NH, int NKV, int HD,
     tu_fill_normal(v, nk, 1.0);
     tu_fill_normal(g, nq, 1.0);
     qlora_attention_forward(o, att, q, k, v, mask, B, T, NH, NKV, HD);
-    qlora_attention_backward(dq, dk, dv, g, q, k, v, att, B, T, NH, NKV, HD);
+    qlora_attention_backward(dq, dk, dv, g, o, q, k, v, att, B, T, NH, NKV, HD);
     attn_ctx c;
     c.q = to_d(q, nq); c.k = to_d(k, nk); c.v = to_d(v, nk); c.g = to_d(g, nq); c.tmp = dnew(nq); c.mask = mask;
     c.B = B; c.T = T; c.NH = NH; c.NKV = NKV; c.HD = HD;
@@ -459,7 +459,7 @@ static void attn_check(attn_case *c, const char *tag) {
     for (long i = 0; i < na; i++) att[i] = 7.0f;   // forward must write every entry
     for (long i = 0; i < nq; i++) o[i] = 7.0f;
     qlora_attention_forward(o, att, c->q, c->k, c->v, c->mask, B, T, NH, NKV, HD);
-    qlora_attention_backward(dq, dk, dv, c->g, c->q, c->k, c->v, att, B, T, NH, NKV, HD);
+    qlora_attention_backward(dq, dk, dv, c->g, o, c->q, c->k, c->v, att, B, T, NH, NKV, HD);
     cmp_ref(tag, "out", o, nq, FWD_TOL);
     cmp_ref(tag, "att", att, na, FWD_TOL);
     // one scale for the three gradients: dq, dk come from differences p·(dp − δ) that cancel to rounding
@@ -643,9 +643,14 @@ static void tiled_vs_ref(int B, int T, int NH, int NKV, int HD, int pad) {
         for (int h = 0; h < NH; h++) qlora__attention_forward_ref(o1, a1, q, k, v, mask, b, h, T, NH, NKV, HD, scale);
     for (int b = 0; b < B; b++)
         for (int kvh = 0; kvh < NKV; kvh++)
-            qlora__attention_backward_ref(dq1, dk1, dv1, g, q, k, v, a1, b, kvh, T, NH, NKV, HD, scale);
+            qlora__attention_backward_ref(dq1, dk1, dv1, g, NULL, q, k, v, a1, b, kvh, T, NH, NKV, HD, scale);
     qlora_attention_forward(o2, a2, q, k, v, mask, B, T, NH, NKV, HD);
-    qlora_attention_backward(dq2, dk2, dv2, g, q, k, v, a2, B, T, NH, NKV, HD);
+    qlora_attention_backward(dq2, dk2, dv2, g, o2, q, k, v, a2, B, T, NH, NKV, HD);
+    // the _ref kernel with the forward's output for δ equals the one that rebuilds it
+    float *dq3 = fnew(nq), *dk3 = fnew(nk), *dv3 = fnew(nk);
+    for (int b = 0; b < B; b++)
+        for (int kvh = 0; kvh < NKV; kvh++)
+            qlora__attention_backward_ref(dq3, dk3, dv3, g, o1, q, k, v, a1, b, kvh, T, NH, NKV, HD, scale);
     double gs = maxabs(dq1, nq);
     if (maxabs(dk1, nk) > gs) gs = maxabs(dk1, nk);
     if (maxabs(dv1, nk) > gs) gs = maxabs(dv1, nk);
@@ -658,6 +663,10 @@ static void tiled_vs_ref(int B, int T, int NH, int NKV, int HD, int pad) {
     TVR("dq", dq2, dq1, nq, 2e-5 * gs);
     TVR("dk", dk2, dk1, nk, 2e-5 * gs);
     TVR("dv", dv2, dv1, nk, 2e-5 * gs);
+    TVR("dq (_ref given out)", dq3, dq1, nq, 2e-5 * gs);
+    TVR("dk (_ref given out)", dk3, dk1, nk, 2e-5 * gs);
+    TVR("dv (_ref given out)", dv3, dv1, nk, 2e-5 * gs);
+    free(dq3); free(dk3); free(dv3);
 #undef TVR
     free(q); free(k); free(v); free(g); free(o1); free(o2); free(a1); free(a2);
     free(dq1); free(dq2); free(dk1); free(dk2); free(dv1); free(dv2); free(mask);
@@ -678,9 +687,10 @@ static void accumulates(void) {
     tu_fill_normal(q, nq, 1.0); tu_fill_normal(k, nk, 1.0); tu_fill_normal(v, nk, 1.0); tu_fill_normal(g, nq, 1.0);
     qlora_attention_forward(o, att, q, k, v, NULL, B, T, NH, NKV, HD);
     for (int i = 0; i < 3; i++) { d1[i] = fnew(sz[i]); d2[i] = fnew(sz[i]); }
-    qlora_attention_backward(d1[0], d1[1], d1[2], g, q, k, v, att, B, T, NH, NKV, HD);
-    qlora_attention_backward(d2[0], d2[1], d2[2], g, q, k, v, att, B, T, NH, NKV, HD);
-    qlora_attention_backward(d2[0], d2[1], d2[2], g, q, k, v, att, B, T, NH, NKV, HD);
+    // once rebuilding the output for δ, twice given it: the two ways agree, and backward accumulates
+    qlora_attention_backward(d1[0], d1[1], d1[2], g, NULL, q, k, v, att, B, T, NH, NKV, HD);
+    qlora_attention_backward(d2[0], d2[1], d2[2], g, o, q, k, v, att, B, T, NH, NKV, HD);
+    qlora_attention_backward(d2[0], d2[1], d2[2], g, o, q, k, v, att, B, T, NH, NKV, HD);
     for (int i = 0; i < 3; i++) {
         for (long j = 0; j < sz[i]; j++) d1[i][j] *= 2.0f;
         tu_close(names[i], d2[i], d1[i], sz[i], 1e-5 * maxabs(d1[i], sz[i]), 1e-5);
@@ -752,7 +762,7 @@ static void run_all(run_out *r, int threads) {
     tu_fill_normal(q, nq, 1.0); tu_fill_normal(k, nk, 1.0); tu_fill_normal(v, nk, 1.0); tu_fill_normal(g, nq, 1.0);
     float *o = keep(r, nq), *att = keep(r, (long)B * NH * T * T);
     qlora_attention_forward(o, att, q, k, v, mask, B, T, NH, NKV, HD);
-    qlora_attention_backward(keep(r, nq), keep(r, nk), keep(r, nk), g, q, k, v, att, B, T, NH, NKV, HD);
+    qlora_attention_backward(keep(r, nq), keep(r, nk), keep(r, nk), g, o, q, k, v, att, B, T, NH, NKV, HD);
     float *x = fnew((long)N * C), *w = fnew(C), *gg = fnew((long)N * C), *rs = keep(r, N);
     tu_fill_normal(x, (long)N * C, 1.0); tu_fill_uniform(w, C, 1.0); tu_fill_normal(gg, (long)N * C, 1.0);
     qlora_rmsnorm_forward(keep(r, (long)N * C), rs, x, w, N, C, 1e-5f);
