@@ -1080,7 +1080,7 @@ typedef struct qlora_model_grads {
     float                   *final_norm;  // (C)
     float                   *lm_head;     // (V, C) untied; NULL when tied
     qlora_llama_layer_grads *layers;      // (L)
-    struct qlora_param      *params;      // (n_params) qlora_param, declared with AdamW below
+    struct qlora_param      *params;      // (n_params) qlora_param, declared with AdamW below; norms no_decay
     int64_t                  n_params;
     int64_t                  n_floats;    // Σ counts = number of trainable parameters
     char                    *names;       // storage of the params' names
@@ -1300,11 +1300,13 @@ QLORADEF float qlora_lr_at(qlora_lr_schedule schedule, float lr, int64_t step, i
                            int64_t total_steps);
 
 // One trained tensor: values and gradient, both (n) floats owned by the caller.
+// Zero-initialize it (memset, calloc) and set the fields, so that flags default to off.
 typedef struct qlora_param {
     const char *name;  // used in error details and checked by qlora_adamw_load; may be NULL
     float      *w;     // (n) parameter, updated in place
     float      *g;     // (n) gradient; scaled in place by clipping
     int64_t     n;
+    int32_t     no_decay;  // 1: AdamW applies no weight decay to it (norm weights, as HF's Trainer does)
 } qlora_param;
 
 // Global L2 norm of the gradients (double; 64 fixed segments per tensor, summed in order).
@@ -9681,8 +9683,9 @@ static int64_t qlora__ll_grads_layout(qlora_model_grads *g, const qlora_model *m
     return cv.ok ? cv.off + 64 : -1;
 }
 
-// Appends (name, parameter, gradient, n) to g->params.
-static void qlora__ll_grads_param(qlora_model_grads *g, float *w, float *grad, int64_t n, const char *name) {
+// Appends (name, parameter, gradient, n) to g->params; no_decay for norm weights.
+static void qlora__ll_grads_param(qlora_model_grads *g, float *w, float *grad, int64_t n, const char *name,
+                                  int no_decay) {
     qlora_param *p = &g->params[g->n_params];
     char *s = g->names + g->n_params * 96;
     snprintf(s, 96, "%s", name);
@@ -9690,6 +9693,7 @@ static void qlora__ll_grads_param(qlora_model_grads *g, float *w, float *grad, i
     p->w = w;
     p->g = grad;
     p->n = n;
+    p->no_decay = no_decay;
     g->n_params++;
     g->n_floats += n;
 }
@@ -9718,25 +9722,25 @@ QLORADEF qlora_status qlora_model_grads_init(qlora_model_grads *g, qlora_model *
     g->model = m;
     g->cfg = *c;
     char name[96];
-    qlora__ll_grads_param(g, m->embed, g->embed, V * C, "model.embed_tokens.weight");
+    qlora__ll_grads_param(g, m->embed, g->embed, V * C, "model.embed_tokens.weight", 0);
     for (int l = 0; l < c->n_layers; l++) {
         qlora_llama_layer *ly = &m->layers[l];
         qlora_llama_layer_grads *lg = &g->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        qlora__ll_grads_param(g, ly->input_norm, lg->input_norm, C, name);
+        qlora__ll_grads_param(g, ly->input_norm, lg->input_norm, C, name, 1);
         for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
             int64_t out, in;
             qlora__ll_shape(c, t, &out, &in);
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, qlora_target_path((qlora_target)t));
-            qlora__ll_grads_param(g, ly->dense[t], lg->w[t], out * in, name);
+            qlora__ll_grads_param(g, ly->dense[t], lg->w[t], out * in, name, 0);
             if (t == QLORA_TARGET_O) {
                 snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-                qlora__ll_grads_param(g, ly->post_norm, lg->post_norm, C, name);
+                qlora__ll_grads_param(g, ly->post_norm, lg->post_norm, C, name, 1);
             }
         }
     }
-    qlora__ll_grads_param(g, m->final_norm, g->final_norm, C, "model.norm.weight");
-    if (g->lm_head) qlora__ll_grads_param(g, m->lm_head, g->lm_head, V * C, "lm_head.weight");
+    qlora__ll_grads_param(g, m->final_norm, g->final_norm, C, "model.norm.weight", 1);
+    if (g->lm_head) qlora__ll_grads_param(g, m->lm_head, g->lm_head, V * C, "lm_head.weight", 0);
     return QLORA_OK;
 }
 
@@ -11173,6 +11177,12 @@ static int64_t qlora__adamw_chunk(const qlora_adamw *opt, const qlora_adamw_chun
                                   const qlora__adam_coef *c) {
     const qlora_param *q = &opt->params[ch->param];
     int64_t k = ch->hi - ch->lo, bad = 0;
+    qlora__adam_coef plain;
+    if (q->no_decay && c->has_decay) {   // this tensor takes no weight decay
+        plain = *c;
+        plain.has_decay = 0;
+        c = &plain;
+    }
     float *p = q->w + ch->lo;
     const float *g = q->g + ch->lo;
     if (!opt->is8bit[ch->param]) return qlora__adam32_chunk(p, g, (float *)base, (float *)base + k, k, c);

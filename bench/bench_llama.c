@@ -238,6 +238,7 @@ static void bl_optim_init(qlora_adamw *opt, qlora_param **params, qlora_model *m
     int64_t n = 0;
     qlora_error err;
     *params = (qlora_param *)bc_xmalloc(sizeof(qlora_param) * (size_t)(m->cfg.n_layers * QLORA_TARGET_COUNT * 2));
+    memset(*params, 0, sizeof(qlora_param) * (size_t)(m->cfg.n_layers * QLORA_TARGET_COUNT * 2));
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
             qlora_lora *a = &m->layers[l].lora[t];

@@ -294,8 +294,6 @@ static int heldout_loss(qlora_model *m, qlora_train_state *ts, const pt_tokens *
     return 1;
 }
 
-static int is_norm(const char *name) { return name && strstr(name, "norm") != NULL; }
-
 // ---------------------------------------------------------------------------------------------------------------
 // Output files
 
@@ -510,15 +508,8 @@ int main(int argc, char **argv) {
     if (st != QLORA_OK) return fail("gradients", st, &err);
     r.params = g.n_floats;
 
-    // two AdamW instances (weight decay on matrices, none on norms), same schedule; clipping is global, done here
-    qlora_param *pd = (qlora_param *)malloc((size_t)g.n_params * sizeof(qlora_param));
-    qlora_param *pn = (qlora_param *)malloc((size_t)g.n_params * sizeof(qlora_param));
-    if (!pd || !pn) { fprintf(stderr, "pretrain: error: out of memory\n"); return 1; }
-    int64_t nd = 0, nn = 0;
-    for (int64_t i = 0; i < g.n_params; i++) {
-        if (is_norm(g.params[i].name)) pn[nn++] = g.params[i];
-        else pd[nd++] = g.params[i];
-    }
+    // one AdamW: weight decay on matrices and embeddings, none on norm weights (qlora_model_grads marks
+    // them no_decay); clipping is global, done here
     qlora_adamw_config ac = qlora_adamw_default_config();
     ac.lr = o.lr;
     ac.beta2 = o.beta2;
@@ -529,11 +520,8 @@ int main(int argc, char **argv) {
     ac.total_steps = r.steps;
     ac.weight_decay = o.wd;
     ac.torch_order = 1;
-    qlora_adamw opt_d, opt_n;
-    st = qlora_adamw_init(&opt_d, pd, nd, &ac, &err);
-    if (st != QLORA_OK) return fail("optimizer", st, &err);
-    ac.weight_decay = 0.0f;
-    st = qlora_adamw_init(&opt_n, pn, nn, &ac, &err);
+    qlora_adamw opt;
+    st = qlora_adamw_init(&opt, g.params, g.n_params, &ac, &err);
     if (st != QLORA_OK) return fail("optimizer", st, &err);
 
     int32_t *tokb = (int32_t *)malloc((size_t)B * T * sizeof(int32_t));
@@ -594,8 +582,7 @@ int main(int argc, char **argv) {
         if (st != QLORA_OK) return fail("backward", st, &err);
         double gnorm = qlora_clip_grad_norm(g.params, g.n_params, o.clip);
         qlora_step_stats ss;
-        st = qlora_adamw_step(&opt_d, &ss, &err);
-        if (st == QLORA_OK && nn > 0) st = qlora_adamw_step(&opt_n, NULL, &err);
+        st = qlora_adamw_step(&opt, &ss, &err);
         if (st != QLORA_OK) return fail("optimizer step", st, &err);
         if (step == 0) r.first_loss = loss;
         loss_acc += loss;
@@ -656,12 +643,9 @@ int main(int argc, char **argv) {
     free(labb);
     free(mask);
     free(order);
-    free(pd);
-    free(pn);
     free(train.ids);
     free(held.ids);
-    qlora_adamw_free(&opt_d);
-    qlora_adamw_free(&opt_n);
+    qlora_adamw_free(&opt);
     qlora_model_grads_free(&g);
     qlora_train_state_free(&ts);
     qlora_model_free(&m);

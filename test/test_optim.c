@@ -465,6 +465,7 @@ static void hwm_child(int fd, int64_t n, int64_t budget) {
     float *w = (float *)calloc((size_t)n, 4), *g = (float *)malloc((size_t)n * 4);
     for (int64_t i = 0; i < n; i++) g[i] = 1e-3f * (float)(i % 97);
     qlora_param p;
+    memset(&p, 0, sizeof p);
     p.name = "big";
     p.w = w;
     p.g = g;
@@ -754,6 +755,7 @@ static void test_args(void) {
     qlora_error e;
     float w[4] = {0}, g[4] = {0};
     qlora_param p;
+    memset(&p, 0, sizeof p);
     p.name = "x";
     p.w = w;
     p.g = g;
@@ -777,6 +779,47 @@ static void test_args(void) {
              "a parameter without gradient is QLORA_ERR_ARG naming it", "%s", e.detail);
 }
 
+// no_decay: with zero gradients AdamW's update is 0, so only decoupled weight decay moves a weight: by
+// exactly lr·wd·w per step on a decayed tensor, not at all on a no_decay one (fp32 and 8-bit states).
+static void test_no_decay(void) {
+    for (int bits = 32; bits >= 8; bits -= 24) {
+        float w[2][300], g[2][300];
+        qlora_param p[2];
+        memset(p, 0, sizeof p);
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < 300; i++) {
+                w[k][i] = 0.5f + 0.001f * (float)i;
+                g[k][i] = 0.0f;
+            }
+            p[k].w = w[k];
+            p[k].g = g[k];
+            p[k].n = 300;
+        }
+        p[1].no_decay = 1;
+        qlora_adamw_config cfg = qlora_adamw_default_config();
+        cfg.lr = 0.01f;
+        cfg.weight_decay = 0.1f;
+        cfg.optim_bits = bits;
+        qlora_adamw opt;
+        qlora_error e;
+        const qlora_status st_init = qlora_adamw_init(&opt, p, 2, &cfg, &e);
+        qlora_status st = st_init;
+        for (int s = 0; s < 3 && st == QLORA_OK; s++) st = qlora_adamw_step(&opt, NULL, &e);
+        int decayed = st == QLORA_OK, kept = st == QLORA_OK;
+        for (int i = 0; i < 300; i++) {
+            double w0 = 0.5 + 0.001 * i, want = w0 * pow(1.0 - 0.01 * 0.1, 3);
+            decayed &= fabs((double)w[0][i] - want) <= 1e-6 * w0;
+            kept &= w[1][i] == (float)(0.5f + 0.001f * (float)i);
+        }
+        tu_check(decayed, bits == 32 ? "adamw32: weight decay shrinks a decayed tensor by (1 - lr*wd) per step"
+                                     : "adamw8: weight decay shrinks a decayed tensor by (1 - lr*wd) per step",
+                 "%s", st == QLORA_OK ? "wrong values" : e.detail);
+        tu_check(kept, bits == 32 ? "adamw32: a no_decay tensor is left unchanged" : "adamw8: a no_decay tensor is left unchanged",
+                 "%s", st == QLORA_OK ? "it changed" : e.detail);
+        if (st_init == QLORA_OK) qlora_adamw_free(&opt);
+    }
+}
+
 int main(void) {
     quick = getenv("QLORA_TEST_QUICK") != NULL;
     char cmd[600];
@@ -784,6 +827,7 @@ int main(void) {
     if (system(cmd) != 0) return 1;
     test_resident();   // first: forks before any OpenMP thread exists
     test_args();
+    test_no_decay();
     test_schedules_local();
     test_clip();
     static const refcase cases[] = {
