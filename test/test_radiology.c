@@ -10,6 +10,7 @@
 #define RAD_NO_MAIN
 #include "../demo/radiology.c"
 #include "test_util.h"
+#include "cli_harness.h"   // ch_fmt, ch_slurp
 
 #include <poll.h>
 #include <sys/wait.h>
@@ -17,31 +18,6 @@
 static char self_exe[4096];
 static char root[512];
 static const char *MARK = "Zebrafinch";   // a word that appears in notes only: never in logs or stderr
-
-static const char *P(const char *fmt, ...) {
-    static char buf[8][1024];
-    static int slot;
-    char *p = buf[slot++ & 7];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p, 1024, fmt, ap);
-    va_end(ap);
-    return p;
-}
-
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = (char *)malloc((size_t)sz + 1);
-    size_t got = fread(b, 1, (size_t)sz, f);
-    b[got] = 0;
-    fclose(f);
-    if (n) *n = got;
-    return b;
-}
 
 // Runs `radiology ARGS...` (this binary re-executed with --cli) with stdin from `in` (or /dev/null), stdout and
 // stderr into root/<tag>.out / .err. Returns the exit status.
@@ -57,8 +33,8 @@ static int run_cli(const char *tag, const char *in, const char *const *args) {
     pid_t pid = fork();
     if (pid == 0) {
         int fi = open(in ? in : "/dev/null", O_RDONLY);
-        int fo = open(P("%s/%s.out", root, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int fe = open(P("%s/%s.err", root, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fo = open(ch_fmt("%s/%s.out", root, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fe = open(ch_fmt("%s/%s.err", root, tag), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fi < 0 || fo < 0 || fe < 0) _exit(125);
         dup2(fi, 0);
         dup2(fo, 1);
@@ -104,7 +80,7 @@ static int make_fixture(const char *tokpath, const char *mdir, const char *adir,
     if (qlora_model_init_random(&m, &c, &o, 5, &err) != QLORA_OK) return 0;
     cli_mkdirs(mdir);
     int ok = qlora_model_save_bnb4(&m, mdir, &err) == QLORA_OK;
-    ok = ok && cli_copy_file(tokpath, P("%s/tokenizer.model", mdir));
+    ok = ok && cli_copy_file(tokpath, ch_fmt("%s/tokenizer.model", mdir));
     // an adapter with nonzero B on every projection
     qlora_adapter_module mods[64];
     char names[64][96];
@@ -315,7 +291,7 @@ static void check_engine(const char *mdir, const char *adir) {
 
     // the trainer's loader tokenizes the written prompt/completion exactly as the scorer does
     {
-        const char *src = P("%s/labelled.jsonl", root), *dst = P("%s/prompts.jsonl", root);
+        const char *src = ch_fmt("%s/labelled.jsonl", root), *dst = ch_fmt("%s/prompts.jsonl", root);
         FILE *f = fopen(src, "w");
         for (int i = 0; i < NNOTES; i++) {
             qlora_json_writer jw;
@@ -456,7 +432,7 @@ static void check_predict(const char *mdir, const char *adir) {
                         "--out", outf, NULL};
     int rc3 = run_cli("p3", in, a3);   // from stdin
     size_t n1 = 0, n3 = 0;
-    char *o1 = slurp(P("%s/p1.out", root), &n1), *o3 = slurp(outf, &n3);
+    char *o1 = ch_slurp(ch_fmt("%s/p1.out", root), &n1), *o3 = ch_slurp(outf, &n3);
     tu_check(rc1 == 0 && rc3 == 0 && o1 && o3, "predict runs (file and stdin, 1 and 3 threads)", "rc %d %d", rc1, rc3);
     if (!o1 || !o3) return;
     tu_check(n1 == n3 && !memcmp(o1, o3, n1), "predict: 3 threads give the same output, in the same order",
@@ -542,7 +518,7 @@ static void check_predict(const char *mdir, const char *adir) {
              (unsigned)(st.st_mode & 0777));
     tu_check(stat(audit, &st) == 0 && (st.st_mode & 0777) == 0600, "audit.log has mode 0600", "%o",
              (unsigned)(st.st_mode & 0777));
-    char *al = slurp(audit, NULL), want_sha[65];
+    char *al = ch_slurp(audit, NULL), want_sha[65];
     rad_sha256_file(in, want_sha);
     int nlines = 0;
     for (char *s = al; s && *s; s++) nlines += *s == '\n';
@@ -557,13 +533,13 @@ static void check_predict(const char *mdir, const char *adir) {
                          *er = audit_ok ? qlora_json_get(&doc.root, "errors") : NULL,
                          *ad = audit_ok ? qlora_json_get(&doc.root, "adapter_sha256") : NULL;
         char ash[65];
-        rad_sha256_file(P("%s/adapter_model.safetensors", adir), ash);
+        rad_sha256_file(ch_fmt("%s/adapter_model.safetensors", adir), ash);
         audit_ok = pr && er && pr->integer == preds && er->integer == 2 && ad && !strcmp(ad->str, ash);
         if (doc.arena) qlora_json_free(&doc);
     }
     tu_check(audit_ok, "audit line per batch: time, user, input/model/adapter sha256, counts, no note text", "");
     free(al);
-    char *e1 = slurp(P("%s/p1.err", root), NULL), *e3 = slurp(P("%s/p3.err", root), NULL);
+    char *e1 = ch_slurp(ch_fmt("%s/p1.err", root), NULL), *e3 = ch_slurp(ch_fmt("%s/p3.err", root), NULL);
     tu_check(e1 && e3 && !strstr(e1, MARK) && !strstr(e3, MARK) && strstr(e1, "predictions"),
              "note text never on stderr", "");
     free(e1);
@@ -572,18 +548,18 @@ static void check_predict(const char *mdir, const char *adir) {
     free(o3);
 
     // bad model / adapter: a clear error before any output
-    const char *b1[] = {"predict", in, "--model", P("%s/nowhere", root), "--adapter", adir, NULL};
+    const char *b1[] = {"predict", in, "--model", ch_fmt("%s/nowhere", root), "--adapter", adir, NULL};
     int rc = run_cli("nomodel", NULL, b1);
     size_t no = 0;
-    char *o = slurp(P("%s/nomodel.out", root), &no), *er = slurp(P("%s/nomodel.err", root), NULL);
+    char *o = ch_slurp(ch_fmt("%s/nomodel.out", root), &no), *er = ch_slurp(ch_fmt("%s/nomodel.err", root), NULL);
     tu_check(rc != 0 && no == 0 && er && strstr(er, "nowhere") && strstr(er, "config.json"),
              "missing model: clear error, no output", "rc %d, %zu bytes out", rc, no);
     free(o);
     free(er);
-    const char *b2[] = {"predict", in, "--model", mdir, "--adapter", P("%s/noadapter", root), NULL};
+    const char *b2[] = {"predict", in, "--model", mdir, "--adapter", ch_fmt("%s/noadapter", root), NULL};
     rc = run_cli("noadapter", NULL, b2);
-    o = slurp(P("%s/noadapter.out", root), &no);
-    er = slurp(P("%s/noadapter.err", root), NULL);
+    o = ch_slurp(ch_fmt("%s/noadapter.out", root), &no);
+    er = ch_slurp(ch_fmt("%s/noadapter.err", root), NULL);
     tu_check(rc != 0 && no == 0 && er && strstr(er, "noadapter"), "missing adapter: clear error, no output",
              "rc %d, %zu bytes out", rc, no);
     free(o);
@@ -591,12 +567,12 @@ static void check_predict(const char *mdir, const char *adir) {
     // an adapter of another shape: copy the adapter and make a model with another hidden size
     char m2[1024];
     snprintf(m2, sizeof m2, "%s/model2", root);
-    const char *tokf = P("%s/tokenizer.model", mdir);
+    const char *tokf = ch_fmt("%s/tokenizer.model", mdir);
     if (make_fixture(tokf, m2, NULL, 48)) {
         const char *b4[] = {"predict", in, "--model", m2, "--adapter", adir, NULL};
         rc = run_cli("shape", NULL, b4);
-        o = slurp(P("%s/shape.out", root), &no);
-        er = slurp(P("%s/shape.err", root), NULL);
+        o = ch_slurp(ch_fmt("%s/shape.out", root), &no);
+        er = ch_slurp(ch_fmt("%s/shape.err", root), NULL);
         tu_check(rc != 0 && no == 0 && er && strstr(er, "adapter") != NULL,
                  "adapter that does not fit the model: clear error, no output", "rc %d, %zu bytes out", rc, no);
         if (er) printf("#   (%.*s)\n", (int)strcspn(er, "\n"), er);
@@ -604,14 +580,14 @@ static void check_predict(const char *mdir, const char *adir) {
         free(er);
     } else tu_check(0, "adapter that does not fit the model: clear error, no output", "fixture failed");
     // low confidence everywhere with a calibration threshold above 1: every prediction is REVIEW
-    const char *cal = P("%s/cal.json", root);
+    const char *cal = ch_fmt("%s/cal.json", root);
     FILE *f = fopen(cal, "w");
     fprintf(f, "{\"temperature\": 1.5, \"threshold\": 1.01, \"prompt_version\": %d}\n", RAD_PROMPT_VERSION);
     fclose(f);
     const char *b3[] = {"predict", in, "--model", mdir, "--adapter", adir, "--calibration", cal, "--audit-log", audit,
                         NULL};
     rc = run_cli("lowconf", NULL, b3);
-    o = slurp(P("%s/lowconf.out", root), &no);
+    o = ch_slurp(ch_fmt("%s/lowconf.out", root), &no);
     int all_review = rc == 0 && o && !strstr(o, "\"review\": false") && strstr(o, "\"low confidence\"");
     tu_check(all_review, "threshold above every confidence: all REVIEW (low confidence), alternatives kept", "rc %d", rc);
     free(o);
@@ -665,7 +641,7 @@ static void check_predict(const char *mdir, const char *adir) {
     for (int i = 0; i < 4; i++) {
         const char *h[] = {cmds[i], "--help", NULL};
         help_ok &= run_cli("help", NULL, h) == 0;
-        char *ho = slurp(P("%s/help.out", root), NULL);
+        char *ho = ch_slurp(ch_fmt("%s/help.out", root), NULL);
         help_ok &= ho && strstr(ho, "usage: radiology") != NULL;
         free(ho);
     }
@@ -691,7 +667,7 @@ int main(int argc, char **argv) {
         tu_skip("engine and predict checks", "no tokenizer (data/base/tokenizer.model)");
         return tu_finish();
     }
-    const char *mdir = P("%s/model", root), *adir = P("%s/adapter", root);
+    const char *mdir = ch_fmt("%s/model", root), *adir = ch_fmt("%s/adapter", root);
     char md[1024], ad[1024];
     snprintf(md, sizeof md, "%s", mdir);
     snprintf(ad, sizeof ad, "%s", adir);
