@@ -25,6 +25,9 @@
 // ---------------------------------------------------------------------------------------------
 // messages
 
+// The program name that starts every message ("qlora"; the radiology program sets its own).
+static const char *cli_prog = "qlora";
+
 // 1 while a live progress line (ending in \r, no newline) is on stderr: a message clears it first.
 static int cli_progress_active;
 
@@ -45,7 +48,7 @@ static void cli_error(const char *fmt, ...) CLI_PRINTF(1, 2);
 static void cli_error(const char *fmt, ...) {
     va_list ap;
     cli_clear_progress();
-    fputs("qlora: error: ", stderr);
+    fprintf(stderr, "%s: error: ", cli_prog);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -57,7 +60,7 @@ static void cli_note(const char *fmt, ...) CLI_PRINTF(1, 2);
 static void cli_note(const char *fmt, ...) {
     va_list ap;
     cli_clear_progress();
-    fputs("qlora: ", stderr);
+    fprintf(stderr, "%s: ", cli_prog);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -68,7 +71,7 @@ static void cli_note(const char *fmt, ...) {
 static void *cli_alloc(size_t n) {
     void *p = malloc(n ? n : 1);
     if (!p) {
-        fprintf(stderr, "qlora: error: out of memory (%zu bytes)\n", n);
+        fprintf(stderr, "%s: error: out of memory (%zu bytes)\n", cli_prog, n);
         exit(1);
     }
     return p;
@@ -325,7 +328,7 @@ static void cli_set(cli_cfg *c, int i, const char *v, int src) {
 static const char *cfg_str(const cli_cfg *c, const char *key) {
     int i = cli_opt_index(key);
     if (i < 0) {
-        fprintf(stderr, "qlora: internal error: no option %s\n", key);
+        fprintf(stderr, "%s: internal error: no option %s\n", cli_prog, key);
         exit(1);
     }
     return c->val[i];

@@ -1523,9 +1523,9 @@ static int tr_run(trainer *tr) {
     char evs[64] = "";
     if (isfinite(last_eval)) snprintf(evs, sizeof evs, ", eval_loss %.4f", last_eval);
     fprintf(stderr,
-            "qlora: done: %lld steps (%lld this run) in %s, loss %.4f%s, %.0f tok/s, peak RSS %.0f MB; "
+            "%s: done: %lld steps (%lld this run) in %s, loss %.4f%s, %.0f tok/s, peak RSS %.0f MB; "
             "adapter in %s\n",
-            (long long)tr->step, (long long)tr->steps_done_here, dur, last_loss, evs,
+            cli_prog, (long long)tr->step, (long long)tr->steps_done_here, dur, last_loss, evs,
             el > 0 ? tr->tokens_done / el : 0.0, (double)tr->peak_rss / 1e6, tr->out);
     return 1;
 }

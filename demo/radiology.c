@@ -1187,7 +1187,8 @@ static void rad_usage(FILE *f) {
                "  train      QLoRA fine-tuning on data/train.jsonl -> adapter directory\n"
                "  calibrate  temperature and REVIEW threshold on data/val.jsonl -> <adapter>/calibration.json\n"
                "  predict    JSONL {\"id\",\"note\"} in, JSONL predictions out (stdin -> stdout filter)\n"
-               "  eval       metrics on a labelled split (accuracy, macro-F1, ECE, safety, ...)\n");
+               "  eval       metrics on a labelled split (accuracy, macro-F1, ECE, safety, ...)\n"
+               "  report     the summary report of eval runs: --out DIR [--test DIR] [--dev DIR]\n");
 }
 
 static int rad_main(int argc, char **argv) {
@@ -1196,11 +1197,13 @@ static int rad_main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *c = argv[1];
+    cli_prog = "radiology";
     if (!strcmp(c, "train")) return cmd_rad_train(argc - 1, argv + 1);
     if (!strcmp(c, "calibrate")) return cmd_rad_calibrate(argc - 1, argv + 1);
     if (!strcmp(c, "predict")) return cmd_rad_predict(argc - 1, argv + 1);
     if (!strcmp(c, "eval")) return cmd_rad_eval(argc - 1, argv + 1);
     if (!strcmp(c, "demo")) return cmd_rad_demo(argc - 1, argv + 1);
+    if (!strcmp(c, "report")) return rad_report_main(argc - 1, argv + 1);
     cli_error("unknown command '%s'", c);
     rad_usage(stderr);
     return 2;

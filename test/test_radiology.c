@@ -650,6 +650,26 @@ static void check_predict(const char *mdir, const char *adir) {
     tu_check(run_cli("bogus", NULL, u) == 2, "unknown option -> exit 2", "");
 }
 
+// The command dispatch: every command, `report` included, answers --help; an unknown one is a usage error whose
+// message names the program as "radiology".
+static void check_commands(void) {
+    static const char *const cmds[] = {"train", "calibrate", "predict", "eval", "demo", "report"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        const char *a[] = {cmds[i], "--help", NULL};
+        int rc = run_cli("help", NULL, a);
+        char *o = ch_slurp(ch_fmt("%s/help.out", root), NULL);
+        tu_check(rc == 0 && o && strstr(o, "usage: radiology"), ch_fmt("radiology %s --help", cmds[i]),
+                 "rc %d, stdout: %.80s", rc, o ? o : "(none)");
+        free(o);
+    }
+    const char *a[] = {"bogus", NULL};
+    int rc = run_cli("bogus", NULL, a);
+    char *e = ch_slurp(ch_fmt("%s/bogus.err", root), NULL);
+    tu_check(rc == 2 && e && strstr(e, "radiology: error: unknown command 'bogus'"),
+             "an unknown command: exit 2, 'radiology: error: ...'", "rc %d, stderr: %.120s", rc, e ? e : "(none)");
+    free(e);
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "--cli")) return rad_main(argc - 1, argv + 1);
     ssize_t k = readlink("/proc/self/exe", self_exe, sizeof self_exe - 1);
@@ -661,6 +681,7 @@ int main(int argc, char **argv) {
     check_sha256();
     check_calibration_fit();
     check_decision();
+    check_commands();
     const char *tok = "data/base/tokenizer.model";
     if (!cli_is_file(tok)) tok = "../shared/models/llama2-tokenizer.model";
     if (!cli_is_file(tok)) {
