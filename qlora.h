@@ -3128,6 +3128,25 @@ static int qlora__nf4_gemv_backward(float *dx, const float *dy, const qlora_nf4 
 #ifdef QLORA_USE_OPENBLAS
 char *openblas_get_corename(void);
 
+// Every cblas_sgemm call goes through here. OpenBLAS blocks the sum over K by its GEMM_Q (448 on SkylakeX)
+// and splits the last two blocks one way with one thread and another way with several, so a sum longer than
+// GEMM_Q changes its last bits with the thread count (K = 449..463, 688, 1089, ...). Sums of at most
+// QLORA__BLAS_KC (below GEMM_Q on every core type OpenBLAS knows) are one block either way; longer ones run as
+// consecutive chunks of that length accumulating into C, so results do not depend on the thread count.
+#define QLORA__BLAS_KC 256
+static void qlora__cblas(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                         int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    int64_t k0 = 0;
+    do {
+        const int64_t kk = K - k0 < QLORA__BLAS_KC ? K - k0 : QLORA__BLAS_KC;
+        const float *a = trans_a ? A + k0 * lda : A + k0;   // op(A) columns k0.. (M, kk)
+        const float *b = trans_b ? B + k0 : B + k0 * ldb;   // op(B) rows k0.. (kk, N)
+        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
+                    (int)N, (int)kk, alpha, a, (int)lda, b, (int)ldb, k0 == 0 ? beta : 1.0f, C, (int)ldc);
+        k0 += kk;
+    } while (k0 < K);
+}
+
 // Whether OpenBLAS picked kernels that suit this CPU. Debian's 0.3.21 may misdetect a CPU
 // (e.g. "Prescott" on an AVX-512 Xeon, several times slower); then AUTO keeps to our own kernels.
 // The CPU's level comes from the compiler (-march), not from CPUID.
@@ -3178,12 +3197,8 @@ static int qlora__nf4_blas(int fwd, float *out, const float *x, const qlora_nf4 
             const int64_t a = (len / 32) * tid / nt * 32, b = (tid + 1 == nt) ? len : (len / 32) * (tid + 1) / nt * 32;
             qlora__nf4_span(panel + a, w, n0 * K + a, b - a, qlora__log2i(w->blocksize));
         }
-        if (fwd)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)rows, (int)K, 1.0f, x, (int)K,
-                        panel, (int)K, 0.0f, out + n0, (int)N);
-        else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)rows, 1.0f, x + n0, (int)N,
-                        panel, (int)K, 1.0f, out, (int)K);
+        if (fwd) qlora__cblas(0, 1, M, rows, K, 1.0f, x, K, panel, K, 0.0f, out + n0, N);
+        else qlora__cblas(0, 0, M, K, rows, 1.0f, x + n0, N, panel, K, 1.0f, out, K);
     }
     QLORA_FREE(panel);
     return 1;
@@ -3434,8 +3449,7 @@ QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_
 #ifdef QLORA_USE_OPENBLAS
     // AUTO: cblas whenever its core is trusted (it is faster on LoRA's thin rank-r shapes).
     if (qlora__use_blas(kernel, M, N, K > lda ? K : lda, ldb > ldc ? ldb : ldc)) {
-        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                    (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+        qlora__cblas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
 #endif

@@ -321,6 +321,36 @@ static void check_thread_independence(void) {
         for (int t = 0; t < 3; t++) free(C[t]);
         free(A); free(B);
     }
+    // qlora_sgemm AUTO (OpenBLAS where it is built in) with sums longer than OpenBLAS' K block: OpenBLAS alone
+    // splits the last K blocks differently with one thread and with several (K = 449..463, 688, ... on SkylakeX).
+    {
+        static const struct { int64_t M, N, K; int ta, tb; } sh[] = {
+            { 256, 64, 449, 0, 0 }, { 512, 16, 688, 0, 1 }, { 512, 256, 688, 0, 0 }, { 16, 688, 1040, 1, 0 },
+            { 300, 40, 1100, 0, 1 },
+        };
+        for (int c = 0; c < 5; c++) {
+            const int64_t M = sh[c].M, N = sh[c].N, K = sh[c].K;
+            float *A = (float *)malloc((size_t)(M * K) * sizeof(float)), *B = (float *)malloc((size_t)(K * N) * sizeof(float));
+            float *C[3];
+            tu_fill_normal(A, (long)(M * K), 1.0);
+            tu_fill_normal(B, (long)(K * N), 1.0);
+            int same = 1;
+            for (int t = 0; t < 3; t++) {
+                C[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
+                for (int64_t i = 0; i < M * N; i++) C[t][i] = 0.5f;
+                omp_set_num_threads(t + 1);
+                qlora_exec ex = { QLORA_KERNEL_AUTO, NULL };
+                qlora_sgemm(&ex, sh[c].ta, sh[c].tb, M, N, K, 1.0f, A, sh[c].ta ? M : K, B, sh[c].tb ? K : N, 1.0f, C[t], N);
+                if (t) same = same && !memcmp(C[0], C[t], (size_t)(M * N) * sizeof(float));
+            }
+            char name[160];
+            snprintf(name, sizeof name, "sgemm auto: bit-identical with 1, 2, 3 threads (M=%lld N=%lld K=%lld ta %d tb %d)",
+                     (long long)M, (long long)N, (long long)K, sh[c].ta, sh[c].tb);
+            tu_check(same, name, "results differ");
+            for (int t = 0; t < 3; t++) free(C[t]);
+            free(A); free(B);
+        }
+    }
     // qlora_sgemm's small-M path (decoding: a few rows against a transposed B), split by columns.
     {
         const int64_t M = 3, N = 1000, K = 701;
