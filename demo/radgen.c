@@ -6,14 +6,16 @@
 //
 // How a note is made: a scenario (the clinical question, with its base label and the facts its wording implies)
 // plus modifiers (renal function, prior contrast reaction, pregnancy, implants, anticoagulants, risk factors,
-// distractors and negations), wrapped in a style (terse, EHR fields, referral letter, ALL CAPS, ...), with a few
-// seeded typos that never touch a word the fact extractor reads. The gold label and flags come from the
+// distractors and negations), wrapped in a style (terse, EHR fields, referral letter, ALL CAPS, telephone order,
+// progress note, consult plan, request form, sign-out, ...), with a few seeded typos that never touch a word the
+// fact extractor reads. The gold label and flags come from the
 // generator's own structured facts run through the safety check of demo/radiology_rules.h: the label the
 // scenario asks for, switched to the documented safe alternative (or REVIEW) when a modifier contraindicates it.
 // test/test_radiology_rules.c then checks that extracting the facts back from the text gives the same answer.
 //
-// Template ids are the style names; every style belongs to exactly one split (see rg_styles), so train, val and
-// test share no template. Output JSONL, one object a line:
+// Template ids are the style names; every style belongs to exactly one split (rg_style_split), so train, val and
+// test share no template. Train has 16 styles (the 8 original ones, which alone feed --corpus, and 8 train-only
+// ones that also reword the indication and the facts); val and test have 2 each. Output JSONL, one object a line:
 //     {"id", "note", "label", "flags": [...], "template", "acceptable": [...]}
 // The generator uses only integer arithmetic and its own RNG (xorshift64*), so output is identical on every
 // platform for a given seed. Build: gcc -std=c99 -O2 -I. demo/radgen.c -o build/radgen -lm
@@ -452,12 +454,21 @@ static void gen_implant(rg_rng *r, rg_note *n) {
 // ---------------------------------------------------------------------------------------------------------------
 // Styles (template ids). split: 0 train, 1 val, 2 test.
 
+// The styles after ST_CLINIC are train-only additions (how real requisitions also arrive: telephone orders,
+// progress and consult notes, paper forms, ED notes, sign-out lines, questions, semicolon shorthand). They are
+// appended so that the indices, and with them the val/test/sample RNG streams, stay as they were, and they are
+// left out of the pretraining corpus (rg_style_corpus), which tools/make_base_model.sh reproduces byte for byte.
 enum { ST_TERSE, ST_EHR, ST_LETTER, ST_CAPS, ST_SBAR, ST_TRIAGE, ST_BULLET, ST_NARR, ST_QUESTION, ST_HANDOVER,
-       ST_COMMENT, ST_CLINIC, ST_COUNT };
+       ST_COMMENT, ST_CLINIC, ST_PHONE, ST_PROGRESS, ST_CONSULT, ST_FORM, ST_EDNOTE, ST_SIGNOUT, ST_ASK,
+       ST_SHORTHAND, ST_COUNT };
 static const char *const rg_style_name[ST_COUNT] = {"terse", "ehr_fields", "referral_letter", "all_caps", "sbar",
                                                     "ed_triage", "bullets", "narrative", "clinical_question",
-                                                    "ward_handover", "order_comment", "clinic_referral"};
-static const int rg_style_split[ST_COUNT] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2};
+                                                    "ward_handover", "order_comment", "clinic_referral",
+                                                    "phone_order", "progress_note", "consult_plan", "request_form",
+                                                    "ed_provider", "signout", "question_first", "shorthand"};
+static const int rg_style_split[ST_COUNT] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0};
+// 1: the style's notes go into the --corpus text (the original train styles only).
+static const int rg_style_corpus[ST_COUNT] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
 
 static const char *sex_word(char sex, int age, int kind) {
     if (kind == 0) return sex == 'F' ? "F" : "M";
@@ -474,6 +485,368 @@ static void join_list(rg_sb *b, char items[][160], int n, const char *sep) {
 }
 
 static void cap_first(char *s) { if (s[0] >= 'a' && s[0] <= 'z') s[0] = (char)(s[0] - 32); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The train-only styles after ST_CLINIC. Everything random here is drawn only when one of these styles is chosen,
+// so the val, test and sample streams (which never choose them) and the corpus are unchanged. Boilerplate words
+// avoid every cue of demo/radiology_rules.h (negators, "fall", "acute", "severe", "reaction", "her"/"his" for the
+// wrong sex, ...): the gold facts come from the modifiers alone, and `radgen --check` verifies it.
+
+// Indication rewording, case-sensitive and on word boundaries: how the question is framed ("r/o", "eval for",
+// "?", "concern for", "to exclude", "query", ...) and abbreviation in both directions.
+typedef struct rg_abbr { const char *from; const char *to[8]; } rg_abbr;
+static const rg_abbr rg_abbrs[] = {
+    {"r/o ", {"rule out ", "eval for ", "to exclude ", "query ", "?", "concern for ", "assess for ", "evaluate for "}},
+    {"?", {"query ", "possible ", "concern for ", "suspected ", "? ", "r/o ", "eval for ", "likely "}},
+    {"right lower quadrant", {"RLQ"}},
+    {"RLQ", {"right lower quadrant"}},
+    {"RUQ", {"right upper quadrant"}},
+    {"LLQ", {"left lower quadrant", "L lower quadrant"}},
+    {"SOB", {"shortness of breath", "dyspnoea", "breathlessness"}},
+    {"CP", {"chest pain", "chest pn"}},
+    {"CXR", {"chest x-ray", "chest film"}},
+    {"with", {"w/", "w"}},
+    {"and", {"&", "+", "/"}},
+    {"after", {"post", "following"}},
+    {"fracture", {"fx", "#"}},
+    {"h/o", {"hx of", "history of", "PMH"}},
+    {"pt", {"patient", "pt."}},
+    {"fever", {"fevers", "febrile", "pyrexia", "temps"}},
+    {"vomiting", {"emesis", "N/V", "vomiting x3"}},
+    {"tenderness", {"ttp", "tender"}},
+    {"bilateral", {"bilat", "B/L"}},
+    {"weakness", {"weak", "wkness"}},
+    {"abdominal", {"abd", "abdo"}},
+    {"hematuria", {"haematuria", "blood in urine"}},
+    {"suspected", {"susp", "?", "possible", "query"}},
+    {"follow-up", {"f/u", "FU", "follow up"}},
+    {"weeks", {"wks", "wk"}},
+    {"wks", {"weeks"}},
+    {"years", {"yrs", "y"}},
+    {"days", {"d", "dys"}},
+    {"months", {"mo", "mths"}},
+    {"headache", {"HA", "h/a"}},
+    {"headaches", {"HAs", "h/a"}},
+    {"elevated", {"raised", "high", "up"}},
+    {"please", {"pls", "plz"}},
+    {"L", {"left", "lt", "Lt"}},
+    {"R", {"right", "rt", "Rt"}},
+    {"surgery", {"surg", "op"}},
+    {"unilateral", {"unilat", "one-sided"}},
+    {"progressive", {"worsening", "progressing"}},
+    {"sudden", {"abrupt", "abrupt onset", "sudden-onset"}},
+    {"known", {"k/c/o", "hx of"}},
+    {"pre-op", {"preop", "pre-operative"}},
+    {"staging", {"stage", "for staging"}},
+    {"evaluation", {"eval", "assessment"}},
+};
+
+// The same for the modifier phrases (the facts): other spellings of the same fact, kept only where the extractor
+// reads them alike (`radgen --check` verifies every note).
+static const rg_abbr rg_mod_words[] = {
+    {"eGFR ", {"eGFR: ", "eGFR=", "e-GFR ", "GFR "}},
+    {"Cr ", {"creat ", "SCr ", "creatinine "}},
+    {"NKDA", {"NKA", "no known drug allergies", "nil known allergies"}},
+    {"hCG neg", {"bHCG negative", "UPT neg", "hCG negative"}},
+    {"not pregnant", {"non-pregnant", "states not pregnant"}},
+    {"HTN", {"hypertension", "hx HTN"}},
+    {"on apixaban", {"taking apixaban", "anticoagulated with apixaban", "on Eliquis"}},
+    {"on rivaroxaban", {"takes Xarelto", "on Xarelto"}},
+    {"PPM in situ", {"has a pacemaker", "permanent pacemaker", "PPM"}},
+    {"AICD", {"has an ICD", "AICD in situ"}},
+    {"shellfish allergy", {"allergic to shellfish", "shellfish - hives"}},
+    {"IV contrast allergy (hives)", {"contrast allergy - hives", "hives with IV contrast"}},
+    {"anaphylaxis to IV contrast 2019",
+     {"IV contrast: anaphylaxis (2019)", "anaphylactic reaction to CT contrast 2019"}},
+    {"ESRD on HD, anuric", {"ESRD, HD MWF, anuric", "anuric ESRD on HD"}},
+    {"breastfeeding", {"breast feeding", "currently breastfeeding"}},
+    {"beta-hCG positive", {"+bHCG", "hCG positive", "positive pregnancy test"}},
+    {"wks pregnant", {"weeks pregnant"}},
+    {"solitary kidney", {"single kidney", "s/p nephrectomy"}},
+    {"DM2", {"T2DM", "type 2 diabetes"}},
+    {"T2DM", {"DM2", "diabetic"}},
+};
+
+static int rg_alnum(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); }
+
+// Rewrites in into out (cap bytes) with the table tab[0..ntab): each match is replaced with probability p percent.
+static void rg_reword(rg_rng *r, const rg_abbr *tab, size_t ntab, const char *in, char *out, size_t cap, int p) {
+    size_t o = 0, i = 0;
+    while (in[i] && o + 1 < cap) {
+        const rg_abbr *hit = NULL;
+        size_t hl = 0;
+        int prev = i ? (unsigned char)in[i - 1] : ' ';
+        if (!rg_alnum(prev) && prev != '<' && prev != '>' && prev != '/') {
+            for (size_t k = 0; k < ntab && !hit; k++) {
+                const char *fr = tab[k].from;
+                size_t L = strlen(fr);
+                if (strncmp(in + i, fr, L) != 0) continue;
+                int next = (unsigned char)in[i + L];
+                if (rg_alnum((unsigned char)fr[L - 1]) && (rg_alnum(next) || next == '<' || next == '>' || next == '/'))
+                    continue;
+                if (!strcmp(fr, "?") && !((next >= 'a' && next <= 'z') || (next >= 'A' && next <= 'Z'))) continue;
+                hit = &tab[k];
+                hl = L;
+            }
+        }
+        if (hit && rg_pct(r, p)) {
+            int nto = 0;
+            while (nto < 8 && hit->to[nto]) nto++;
+            const char *t = hit->to[rg_u32(r) % (unsigned)nto];
+            for (size_t q = 0; t[q] && o + 1 < cap; q++) out[o++] = t[q];
+            i += hl;
+            continue;
+        }
+        size_t span = hit ? hl : 1;
+        for (size_t q = 0; q < span && o + 1 < cap; q++) out[o++] = in[i++];
+    }
+    out[o] = 0;
+}
+
+static const char *const rg_doctors[] = {"Dr Osei", "Dr Lindqvist", "Dr Haddad", "Dr Nakamura", "Dr Byrne",
+                                         "Dr Castillo", "Dr Mensah", "Dr Kowalski", "Dr Ferreira", "Dr Iyer"};
+// Neutral chart noise: words the extractor does not read.
+static const char *const rg_noise[] = {"code status: full", "daughter is HCP", "interpreter requested (Polish)",
+                                       "NPO after midnight", "PT/OT following", "isolation: contact precautions",
+                                       "outside images on CD, report to follow", "copied forward from yesterday",
+                                       "lives with spouse", "wears glasses", "uses a walker at home",
+                                       "Foley in place", "prefers to be called by first name"};
+
+// Age and sex in one of the forms real notes use (all read by rad_extract).
+static void put_age_sex(rg_rng *r, rg_sb *b, int age, char sx) {
+    switch (rg_int(r, 0, 5)) {
+    case 0: sb_printf(b, "%d%s", age, sex_word(sx, age, 0)); break;
+    case 1: sb_printf(b, "%d yo %s", age, sex_word(sx, age, 0)); break;
+    case 2: sb_printf(b, "%d y/o %s", age, sex_word(sx, age, 1)); break;
+    case 3: sb_printf(b, "%d-year-old %s", age, sex_word(sx, age, 2)); break;
+    case 4: sb_printf(b, "%s/%d", sex_word(sx, age, 0), age); break;
+    default: sb_printf(b, "%dyo %s", age, sex_word(sx, age, 0)); break;
+    }
+}
+
+// Vital signs, consistent with the indication (no normal heart rate for "tachycardia", fever when it says so);
+// none when the indication already gives vitals or an unstable patient.
+static int rg_has(const char *s, const char *w) { return strstr(s, w) != NULL; }
+static void put_vitals(rg_rng *r, rg_sb *b, const char *ind, int age) {
+    int febrile = rg_has(ind, "fever") || rg_has(ind, "febrile");
+    int t = febrile ? rg_int(r, 381, 394) : rg_int(r, 362, 374);
+    int hr = age < 16 ? rg_int(r, 78, 110) : rg_int(r, 62, 96), sys = rg_int(r, 108, 148), dia = rg_int(r, 62, 88);
+    int rr = rg_int(r, 12, 18), sat = rg_int(r, 95, 99);
+    switch (rg_int(r, 0, 2)) {
+    case 0: sb_printf(b, "T %d.%d HR %d BP %d/%d RR %d SpO2 %d%% RA", t / 10, t % 10, hr, sys, dia, rr, sat); break;
+    case 1: sb_printf(b, "T %d.%d, P %d, BP %d/%d, RR %d, sats %d%% on RA", t / 10, t % 10, hr, sys, dia, rr, sat);
+        break;
+    default: sb_printf(b, "T %d.%d / HR %d / BP %d/%d / RR %d / O2 sat %d%%", t / 10, t % 10, hr, sys, dia, rr, sat);
+        break;
+    }
+}
+static int vitals_ok(const char *ind) {
+    static const char *const no[] = {"HR ", "BP ", "SpO2", "tachy", "hypox", "unstable", "lactate", "ICU", "bedbound"};
+    for (size_t k = 0; k < sizeof no / sizeof no[0]; k++) if (rg_has(ind, no[k])) return 0;
+    return 1;
+}
+
+// items[0..ni) holds the modifier phrases and the allergy line, already shuffled.
+static void render_extra(rg_rng *r, int style, const rad_facts *f, const char *ind, char items[][160], int ni,
+                         const rg_note *n, rg_sb *b) {
+    int allergy = -1;       // index of the allergy line in items
+    char sx = f->sex;
+    int age = f->age;
+    char w[240];
+    int p = style == ST_SHORTHAND ? 70 : style == ST_PROGRESS || style == ST_CONSULT ? 35 : 50;
+    rg_reword(r, rg_abbrs, sizeof rg_abbrs / sizeof rg_abbrs[0], ind, w, sizeof w, p);
+    for (int i = 0; i < ni; i++) {
+        char t[160];
+        rg_reword(r, rg_mod_words, sizeof rg_mod_words / sizeof rg_mod_words[0], items[i], t, sizeof t, 40);
+        if (!strcmp(items[i], n->allergy)) allergy = i;
+        memcpy(items[i], t, sizeof t);
+    }
+    const char *doc = RG_PICK(r, rg_doctors);
+    int noise = rg_pct(r, 35);
+    const char *nz = RG_PICK(r, rg_noise);
+    switch (style) {
+    case ST_PHONE: {
+        static const char *const hdr[] = {"Telephone order", "Verbal order", "T/O", "Phone order rec'd",
+                                          "V/O, read back and verified"};
+        static const char *const from[] = {"ED", "ICU", "ward 6B", "AMU", "surgical team", "urgent care",
+                                           "on-call medical team", "GP"};
+        const char *h = RG_PICK(r, hdr), *src = RG_PICK(r, from);
+        int hh = rg_int(r, 0, 23), mm = rg_int(r, 0, 11) * 5;
+        sb_printf(b, "%s %02d:%02d from %s (%s)", h, hh, mm, doc, src);
+        if (rg_pct(r, 40)) sb_put(b, ", taken by RN");
+        sb_put(b, ". Pt ");
+        put_age_sex(r, b, age, sx);
+        switch (rg_int(r, 0, 2)) {
+        case 0: sb_printf(b, ". Caller requests imaging for %s.", w); break;
+        case 1: sb_printf(b, ". Indication per caller: %s.", w); break;
+        default: sb_printf(b, ", %s. Wants it done today.", w); break;
+        }
+        if (ni) {
+            sb_put(b, rg_pct(r, 50) ? " Caller also states: " : " Per caller: ");
+            join_list(b, items, ni, "; ");
+            sb_put(b, ".");
+        }
+        if (n->meds[0]) sb_printf(b, " Meds per caller: %s.", n->meds);
+        if (noise) sb_printf(b, " %s.", nz);
+        switch (rg_int(r, 0, 3)) {
+        case 0: sb_put(b, " Written order to follow."); break;
+        case 1: sb_printf(b, " Call back ext 4%03d with protocol.", rg_int(r, 100, 999)); break;
+        case 2: sb_put(b, " Read back, confirmed."); break;
+        default: break;
+        }
+        break;
+    }
+    case ST_PROGRESS: {
+        static const char *const hdr[] = {"Progress note, hospital day", "Daily progress note (medicine), day",
+                                          "PN gen surg team, post-admission day", "Hospitalist note, day"};
+        static const char *const subj[] = {"seen on rounds, comfortable", "slept poorly, tolerating diet",
+                                           "seen with family at bedside", "walking with PT this morning",
+                                           "pain controlled on current regimen"};
+        const char *h = RG_PICK(r, hdr);
+        sb_printf(b, "%s %d.", h, rg_int(r, 1, 9));
+        sb_printf(b, "\nS: %s.", RG_PICK(r, subj));
+        sb_put(b, "\nO: ");
+        put_age_sex(r, b, age, sx);
+        if (vitals_ok(ind) && rg_pct(r, 70)) { sb_put(b, ". "); put_vitals(r, b, ind, age); }
+        int k = ni ? rg_int(r, 0, ni) : 0;   // items before the plan
+        if (k) { sb_put(b, ". "); join_list(b, items, k, ". "); }
+        sb_put(b, ".\nA/P: ");
+        switch (rg_int(r, 0, 3)) {
+        case 0: sb_printf(b, "%s - imaging today, d/w radiology re protocol", w); break;
+        case 1: sb_printf(b, "%s. Plan: image today", w); break;
+        case 2: sb_printf(b, "#%s -> scan ordered, f/u read", w); break;
+        default: sb_printf(b, "%s; will get imaging", w); break;
+        }
+        if (k < ni) { sb_put(b, ". Also: "); join_list(b, items + k, ni - k, "; "); }
+        if (n->meds[0]) sb_printf(b, ". Cont %s", n->meds);
+        if (noise) sb_printf(b, ". %s", nz);
+        sb_put(b, ".");
+        break;
+    }
+    case ST_CONSULT: {
+        static const char *const svc[] = {"Internal medicine", "General surgery", "Hospital medicine",
+                                          "Acute medicine"};
+        static const char *const lead[] = {"with", "presenting with", "seen for", "referred with"};
+        static const char *const act[] = {"recommend imaging, radiology to protocol", "imaging recommended",
+                                          "needs imaging today", "image, then reassess"};
+        int numstyle = rg_int(r, 0, 2);
+        sb_printf(b, "%s consult. Assessment: ", RG_PICK(r, svc));
+        put_age_sex(r, b, age, sx);
+        sb_printf(b, " %s %s.\nPlan:", RG_PICK(r, lead), w);
+        int num = 1;
+        if (numstyle == 0) sb_printf(b, "\n%d. ", num++);
+        else if (numstyle == 1) sb_printf(b, "\n%d) ", num++);
+        else sb_printf(b, "\n#%d ", num++);
+        cap_first(w);
+        const char *what = rg_pct(r, 50) ? w : "Imaging";
+        sb_printf(b, "%s: %s", what, RG_PICK(r, act));
+        for (int i = 0; i < ni; i++) {
+            if (numstyle == 0) sb_printf(b, "\n%d. %s", num++, items[i]);
+            else if (numstyle == 1) sb_printf(b, "\n%d) %s", num++, items[i]);
+            else sb_printf(b, "\n#%d %s", num++, items[i]);
+        }
+        if (n->meds[0]) sb_printf(b, "\nMeds reviewed: %s", n->meds);
+        if (noise) sb_printf(b, "\n%s", nz);
+        sb_printf(b, "\nWill follow. %s", doc);
+        break;
+    }
+    case ST_FORM: {
+        static const char *const hdr[] = {"RADIOLOGY REQUEST", "Imaging requisition",
+                                          "DIAGNOSTIC IMAGING REQUEST FORM"};
+        static const char *const pri[] = {"[x] urgent [ ] routine", "[ ] urgent [x] routine", "[x] STAT",
+                                          "routine", "[x] same day"};
+        static const char *const mob[] = {"[x] walking", "[x] wheelchair", "[x] bed", "[x] trolley"};
+        const char *h = RG_PICK(r, hdr);
+        sb_printf(b, "%s\nPriority: %s\n", h, RG_PICK(r, pri));
+        if (rg_pct(r, 50)) sb_printf(b, "Age: %d   Sex: %s", age, sex_word(sx, age, rg_int(r, 0, 1)));
+        else { sb_put(b, "Patient: "); put_age_sex(r, b, age, sx); }
+        cap_first(w);
+        sb_printf(b, "\n%s: %s", rg_pct(r, 50) ? "Clinical details" : "Reason for request", w);
+        char hx[16][160];
+        int nh = 0;
+        for (int i = 0; i < ni; i++) if (i != allergy) memcpy(hx[nh++], items[i], 160);
+        if (nh) { sb_put(b, "\nRelevant history: "); join_list(b, hx, nh, "; "); }
+        if (allergy >= 0) {
+            if (!strncmp(items[allergy], "Allergies", 9)) sb_printf(b, "\n%s", items[allergy]);
+            else sb_printf(b, "\nAllergies: %s", items[allergy]);
+        }
+        if (n->meds[0]) sb_printf(b, "\nCurrent medication: %s", n->meds);
+        if (rg_pct(r, 50)) sb_printf(b, "\nMobility: %s", RG_PICK(r, mob));
+        if (noise) sb_printf(b, "\nComments: %s", nz);
+        sb_printf(b, "\nRequested by: %s, bleep %d", doc, rg_int(r, 1000, 8999));
+        break;
+    }
+    case ST_EDNOTE: {
+        static const char *const hdr[] = {"ED provider note", "EM physician note", "ED MD note", "Emergency dept note"};
+        static const char *const lead[] = {"with", "here with", "BIBA with", "walk-in with", "sent in by GP with"};
+        static const char *const mdm[] = {"imaging ordered, radiology to protocol", "will obtain imaging",
+                                          "ddx broad, imaging to guide", "imaging then dispo"};
+        sb_printf(b, "%s. HPI: ", RG_PICK(r, hdr));
+        put_age_sex(r, b, age, sx);
+        sb_printf(b, " %s %s.", RG_PICK(r, lead), w);
+        if (vitals_ok(ind)) { sb_put(b, " Vitals: "); put_vitals(r, b, ind, age); sb_put(b, "."); }
+        if (ni) { sb_put(b, rg_pct(r, 50) ? " PMH/SH: " : " Hx: "); join_list(b, items, ni, "; "); sb_put(b, "."); }
+        if (n->meds[0]) sb_printf(b, " Current meds: %s.", n->meds);
+        if (noise) sb_printf(b, " %s.", nz);
+        sb_printf(b, " MDM: %s.", RG_PICK(r, mdm));
+        break;
+    }
+    case ST_SIGNOUT: {
+        static const char *const hdr[] = {"Signout", "Night float handoff", "Sign-out", "Evening signout"};
+        static const char *const todo[] = {"TODO: f/u scan, call rads re protocol", "TODO: chase imaging",
+                                           "to do: make sure scan happens tonight", "TODO: imaging, then update team"};
+        const char *h = RG_PICK(r, hdr);
+        int room = rg_int(r, 2, 9), bay = rg_int(r, 0, 3);
+        sb_printf(b, "%s | Rm %d%c | ", h, room, "ABCD"[bay]);
+        put_age_sex(r, b, age, sx);
+        sb_printf(b, " | %s", w);
+        if (ni) { sb_put(b, " | "); join_list(b, items, ni, "; "); }
+        if (n->meds[0]) sb_printf(b, " | meds %s", n->meds);
+        sb_printf(b, " | %s", RG_PICK(r, todo));
+        if (rg_pct(r, 40)) sb_put(b, " | if worse -> call senior");
+        break;
+    }
+    case ST_ASK: {
+        static const char *const ask[] = {"Can we get imaging for %s?", "Could we please get a scan to look at %s?",
+                                          "Hi radiology - can we image today re: %s?",
+                                          "Requesting imaging: %s. Which study is best?",
+                                          "Is a scan possible today? %s."};
+        sb_printf(b, RG_PICK(r, ask), w);
+        sb_put(b, " Pt is ");
+        put_age_sex(r, b, age, sx);
+        sb_put(b, ".");
+        if (ni) { sb_put(b, " FYI "); join_list(b, items, ni, ". "); sb_put(b, "."); }
+        if (n->meds[0]) sb_printf(b, " On %s.", n->meds);
+        if (noise) sb_printf(b, " %s.", nz);
+        switch (rg_int(r, 0, 4)) {
+        case 0: sb_put(b, " Thanks!"); break;
+        case 1: sb_put(b, " Thank you."); break;
+        case 2: sb_printf(b, " Happy to discuss, ext %d.", rg_int(r, 1000, 8999)); break;
+        case 3: break;
+        default: sb_printf(b, " Many thanks, %s team.", RG_PICK(r, rg_doctors) + 3); break;
+        }
+        break;
+    }
+    default: { // ST_SHORTHAND: semicolons, no sentences
+        char ws[240];
+        size_t o = 0;
+        for (size_t i = 0; w[i] && o + 1 < sizeof ws; i++) {
+            if (w[i] == ',' && w[i + 1] == ' ') { ws[o++] = ';'; if (rg_pct(r, 50)) i++; }
+            else ws[o++] = w[i];
+        }
+        ws[o] = 0;
+        put_age_sex(r, b, age, sx);
+        sb_printf(b, "; %s", ws);
+        if (ni) { sb_put(b, "; "); join_list(b, items, ni, rg_pct(r, 50) ? "; " : ";"); }
+        if (n->meds[0]) sb_printf(b, "; meds: %s", n->meds);
+        static const char *const tail[] = {"; pls image", "; img pls", "; ?protocol", "", "; thx"};
+        sb_put(b, RG_PICK(r, tail));
+        if (rg_pct(r, 35))
+            for (size_t i = 0; i < b->n; i++) if (b->s[i] >= 'A' && b->s[i] <= 'Z') b->s[i] = (char)(b->s[i] + 32);
+        break;
+    }
+    }
+}
 
 // Writes the note for one style. ind: the indication phrase; mods, meds, allergy from n.
 static void render(rg_rng *r, int style, const rad_facts *f, const char *ind, rg_note *n, rg_sb *b) {
@@ -554,11 +927,14 @@ static void render(rg_rng *r, int style, const rad_facts *f, const char *ind, rg
         if (ni) { sb_put(b, ". "); join_list(b, items, ni, " | "); }
         if (n->meds[0]) sb_printf(b, ". Med list: %s", n->meds);
         break;
-    default: // ST_CLINIC
+    case ST_CLINIC:
         cap_first(indc);
         sb_printf(b, "Outpatient clinic referral. Age %d, sex %s. Indication: %s.", age, sex_word(sx, age, 1), indc);
         if (ni) { sb_put(b, " Relevant: "); join_list(b, items, ni, ", "); sb_put(b, "."); }
         if (n->meds[0]) sb_printf(b, " Medications: %s.", n->meds);
+        break;
+    default:
+        render_extra(r, style, f, ind, items, ni, n, b);
         break;
     }
 }
@@ -630,7 +1006,9 @@ static int word_count(const char *s) {
     return w;
 }
 
-static void make_record(rg_rng *r, const rg_scen *sc, int style, rg_rec *out) {
+// pad2: a second closing phrase when the first still leaves fewer than 8 words (train only: the val, test and sample
+// streams and the corpus keep their original bytes).
+static void make_record(rg_rng *r, const rg_scen *sc, int style, int pad2, rg_rec *out) {
     rg_note n;
     memset(&n, 0, sizeof n);
     rad_facts *f = &n.f;
@@ -692,6 +1070,7 @@ static void make_record(rg_rng *r, const rg_scen *sc, int style, rg_rec *out) {
     if (f->sex == 'M') f->pregnant = 0;
     render(r, style, f, ind, &n, &out->note);
     if (word_count(out->note.s) < 8) sb_put(&out->note, style == ST_CAPS ? " PLEASE ADVISE ON IMAGING." : " Please advise on imaging.");
+    if (pad2 && word_count(out->note.s) < 8) sb_put(&out->note, style == ST_CAPS ? " THANK YOU." : " Thank you.");
     if (rg_pct(r, 60)) add_typos(r, &out->note);
 
     rad_decision d;
@@ -771,6 +1150,14 @@ static int styles_of(int split, int *out) {
     return k;
 }
 
+// One of the exam scenarios whose base label is label.
+static const rg_scen *pick_label(rg_rng *r, int label) {
+    int idx[RG_NSCEN], k = 0;
+    for (int i = 0; i < RG_NSCEN; i++)
+        if (!strcmp(rg_scens[i].kind, "exam") && rg_scens[i].label == label) idx[k++] = i;
+    return &rg_scens[idx[rg_u32(r) % (unsigned)k]];
+}
+
 // Scenario choice: 85% an exam scenario with its label drawn uniformly (so every label is covered), 15% a REVIEW
 // scenario (vague, outside the catalogue, decision rule negative).
 static const rg_scen *pick_scenario(rg_rng *r, int *turn) {
@@ -779,9 +1166,7 @@ static const rg_scen *pick_scenario(rg_rng *r, int *turn) {
         for (int i = 0; i < RG_NSCEN; i++) if (strcmp(rg_scens[i].kind, "exam") != 0) idx[k++] = i;
         return &rg_scens[idx[rg_u32(r) % (unsigned)k]];
     }
-    int label = (*turn)++ % RAD_NUM_EXAMS;        // exam labels in turn: equal base counts
-    for (int i = 0; i < RG_NSCEN; i++) if (!strcmp(rg_scens[i].kind, "exam") && rg_scens[i].label == label) idx[k++] = i;
-    return &rg_scens[idx[rg_u32(r) % (unsigned)k]];
+    return pick_label(r, (*turn)++ % RAD_NUM_EXAMS);   // exam labels in turn: equal base counts
 }
 
 // The seed example of the task description, always the first test record.
@@ -806,6 +1191,18 @@ static void seed_record(rg_rec *rc) {
     rc->nacc = 2;
 }
 
+// Train only: in the last fifth of the split, an exam label with fewer than RG_TRAIN_FLOOR notes so far is drawn
+// instead of the one in turn (a scenario of that label), so that every label keeps at least that many train notes
+// whatever the stream does; labels that the safety check often switches away (MRI pituitary in women of
+// childbearing age, ...) would otherwise dip below the coverage the tests ask for (25).
+#define RG_TRAIN_FLOOR 30
+static int train_deficit(const int *have) {
+    int best = -1;
+    for (int l = 0; l < RAD_NUM_EXAMS; l++)
+        if (have[l] < RG_TRAIN_FLOOR && (best < 0 || have[l] < have[best])) best = l;
+    return best;
+}
+
 typedef void (*rg_sink)(void *ctx, const char *split, const rg_rec *rc);
 
 // Generates every split in order; calls sink for each record. Returns 0, or the number of records whose word count
@@ -816,18 +1213,21 @@ static int generate(unsigned long long seed, rg_sink sink, void *ctx) {
     for (size_t sp = 0; sp < sizeof rg_splits / sizeof rg_splits[0]; sp++) {
         rg_rng r;
         int st[ST_COUNT], nst = styles_of(rg_splits[sp].split, st);
-        int turn = 0;
+        int turn = 0, have[RAD_NUM_LABELS];
+        memset(have, 0, sizeof have);
         rg_seed(&r, seed * 1000003ull + sp);
         for (int i = 0; i < rg_splits[sp].count; i++) {
             if (rg_splits[sp].split == 2 && i == 0) {
                 seed_record(&rc);
             } else {
-                const rg_scen *sc = pick_scenario(&r, &turn);
-                make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], &rc);
+                int want = rg_splits[sp].split == 0 && i >= rg_splits[sp].count * 4 / 5 ? train_deficit(have) : -1;
+                const rg_scen *sc = want >= 0 ? pick_label(&r, want) : pick_scenario(&r, &turn);
+                make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], rg_splits[sp].split == 0, &rc);
                 snprintf(rc.id, sizeof rc.id, "%s-%04d", rg_splits[sp].name, i);
             }
             int w = word_count(rc.note.s);
             if (w < 8 || w > 150) bad++;
+            have[rc.label]++;
             sink(ctx, rg_splits[sp].name, &rc);
         }
     }
@@ -839,7 +1239,7 @@ static int generate(unsigned long long seed, rg_sink sink, void *ctx) {
         rg_seed(&r, seed * 1000003ull + 99);
         for (int i = 0; i < 30; i++) {
             const rg_scen *sc = pick_scenario(&r, &turn);
-            make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], &rc);
+            make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], 0, &rc);
             snprintf(rc.id, sizeof rc.id, "order-%03d", i + 1);
             sink(ctx, "sample_orders", &rc);
         }
@@ -886,8 +1286,9 @@ static void to_check(void *ctx, const char *split, const rg_rec *rc) {
     }
 }
 
-// --corpus N: plain clinical text, one paragraph a line: order notes (train-split styles only, so the validation
-// and test templates stay unseen, and never a record of the splits themselves), report-like paragraphs headed by
+// --corpus N: plain clinical text, one paragraph a line: order notes (the 8 original train styles only, so the
+// validation and test templates stay unseen and the shipped base model's corpus is reproduced byte for byte; never
+// a record of the splits themselves), report-like paragraphs headed by
 // a catalogue exam, and catalogue descriptions in a few phrasings. No line pairs an order with its label.
 static void corpus_finding(rg_rng *r, rg_sb *b) {
     static const char *const rep[] = {
@@ -940,13 +1341,14 @@ static void corpus(unsigned long long seed, int count) {
     rg_rng r;
     static rg_rec rc;
     static rg_sb b;
-    int turn = 0, st[ST_COUNT], nst = styles_of(0, st);
+    int turn = 0, st[ST_COUNT], nst = 0;
+    for (int s = 0; s < ST_COUNT; s++) if (rg_style_corpus[s]) st[nst++] = s;
     rg_seed(&r, seed * 7919ull + 5);
     for (int i = 0; i < count; i++) {
         int k = rg_int(&r, 0, 19);
         if (k < 12) {
             const rg_scen *sc = pick_scenario(&r, &turn);
-            make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], &rc);
+            make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], 0, &rc);
             for (char *p = rc.note.s; *p; p++) if (*p == '\n') *p = ' ';
             puts(rc.note.s);
             continue;
@@ -977,13 +1379,15 @@ static void usage(FILE *fp) {
     fputs("usage: radgen [--seed N] [--out DIR] | --corpus N [--seed N] | --check [--seed N] | --help\n"
           "  --out DIR     write DIR/train.jsonl (3000), val.jsonl (400), test.jsonl (600), sample_orders.jsonl (30)\n"
           "  --corpus N    print N lines of unlabeled clinical text (pretraining corpus) to stdout: notes in the\n"
-          "                train styles only, report-like paragraphs, catalogue descriptions\n"
+          "                8 original train styles only, report-like paragraphs, catalogue descriptions\n"
           "  --check       generate in memory; report (by id) notes where the facts extracted from the text give a\n"
           "                different label or flags than the generator's gold; exit 1 if any\n"
           "  --seed N      seed (default 7)\n"
           "The committed splits are reproduced exactly by:  build/radgen --seed 7 --out data/\n"
           "Template ids (styles) per split: train terse, ehr_fields, referral_letter, all_caps, sbar, ed_triage,\n"
-          "bullets, narrative; val clinical_question, ward_handover; test order_comment, clinic_referral.\n",
+          "bullets, narrative (these 8 also make the --corpus notes), phone_order, progress_note, consult_plan,\n"
+          "request_form, ed_provider, signout, question_first, shorthand; val clinical_question, ward_handover;\n"
+          "test order_comment, clinic_referral.\n",
           fp);
 }
 
