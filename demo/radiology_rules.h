@@ -22,7 +22,8 @@
 //    negation governs it ("no", "not", "denies", "without", "negative for" ... before it, in the same clause and,
 //    except for list negators such as "denies", before the next comma; "neg", "negative", "removed", "resolved",
 //    "none" right after it). List negators never cross a comma for facts that add risk (implants, dialysis, AKI,
-//    CKD, anticoagulants, pregnancy, renal risk factors): "no h/o contrast reaction, AICD" keeps the AICD, since a
+//    CKD, anticoagulants, pregnancy and pregnancy tests, renal risk factors): "no h/o contrast reaction, AICD" keeps
+//    the AICD and "no prior reaction to contrast, hCG positive" the positive test, since a
 //    wrong negation would hide a contraindication. "->" between numbers is an arrow, not "greater than".
 //    Decisions on ambiguous wording:
 //    - eGFR: "eGFR 28", "GFR<30" (stored as 29.9), "eGFR >60" (61), "CrCl 25" (used as eGFR). The last value
@@ -1671,7 +1672,8 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
                 preg_unknown = 1;
                 break;
             }
-            if (rad__pre_negated(d, k) || rad__post_negated(d, k, 0)) { preg_neg = 1; break; }
+            // a negative test lowers the risk: list negators ("no prior ...") do not reach it across a comma
+            if (rad__pre_negated_scope(d, k, 0) || rad__post_negated(d, k, 0)) { preg_neg = 1; break; }
             size_t e = (size_t)h->end;
             while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '(' || s[e] == ')')) e++;
             if (e < n && s[e] == '+') { preg_strong = 1; break; }

@@ -81,6 +81,9 @@ static const mpair pairs[] = {
     {"27F LLQ pain, CT A/P w contrast. hCG neg.", "27F LLQ pain, CT A/P w contrast. (no hCG on file)", RAD_CT_AP_IV,
      RAD_CT_AP_IV, 0, RAD_CT_AP_IV, PG},
     {"29F RLQ pain. urine hCG: negative.", "29F RLQ pain. +UPT today.", RAD_CT_AP_IV, RAD_CT_AP_IV, 0, RAD_US_RLQ, PG},
+    // a list negator ("no prior ...") does not reach a pregnancy test after a comma
+    {"26F RLQ pain. no prior reaction to IV contrast, beta-hCG negative.",
+     "26F RLQ pain. no prior reaction to IV contrast, beta-hCG positive.", RAD_CT_AP_IV, RAD_CT_AP_IV, 0, RAD_US_RLQ, PG},
     {"28F pelvic pain. LMP 1 wk ago.", "28F pelvic pain. LMP 7 wks ago.", RAD_CT_AP_IV, RAD_CT_AP_IV, PG, RAD_US_OB, PG},
     {"45M RLQ pain, wife is pregnant.", "45F RLQ pain, pregnant.", RAD_CT_AP_IV, RAD_CT_AP_IV, 0, RAD_US_RLQ, PG},
     {"30F acute SOB, r/o PE. hCG neg.", "30F acute SOB, r/o PE. 20 wks pregnant.", RAD_CTA_PE, RAD_CTA_PE, 0,
