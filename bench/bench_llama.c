@@ -893,7 +893,9 @@ int main(int argc, char **argv) {
     if (!only7b) {
         for (int i = 0; i < 2; i++) {
             const bl_cfg *c = &bl_configs[i];
-            const int warmup = 1, steps = quick ? 1 : (i == 0 ? 3 : 2);
+            // best of 3 (S) or 4 (M) steps on each side: one step of either side swings by 5-10% when
+            // another job touches the machine, and the ratio needs both sides' undisturbed figure
+            const int warmup = 1, steps = quick ? 1 : (i == 0 ? 3 : 4);
             printf("\n== config %s: QLoRA training step (child process; load %s)\n", c->name, bc_loadavg());
             snprintf(cmd, sizeof cmd, "'%s' --child train %s %.6f %d %d", exe, c->name, peak, warmup, steps);
             if (bl_run(cmd, NULL, NULL, 0) != 0) printf("   ✗ the child for %s failed\n", c->name);

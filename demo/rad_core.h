@@ -38,9 +38,11 @@
 //   1. empty note (only blanks)           -> REVIEW, reason "empty note", the model is not run
 //   2. model label = argmax p; the safety check (rad_safety_check) may switch it to its documented safe
 //      alternative or to REVIEW (reason "safety switch"); flags are the check's flags
-//   3. if the result is not REVIEW and confidence < threshold -> REVIEW (reason "low confidence"); the
+//   3. under-triage guard (G11): the facts show an acute stroke work-up (code stroke, last known well within
+//      24 h) and the label is not the CT stroke protocol -> REVIEW (reason "stroke window")
+//   4. if the result is not REVIEW and confidence < threshold -> REVIEW (reason "low confidence"); the
 //      alternatives and the flags of step 2 are kept
-//   4. the model itself chose REVIEW       -> reason "model abstained"
+//   5. the model itself chose REVIEW       -> reason "model abstained"
 // confidence is always the model's calibrated confidence p[model_label].
 //
 // THREADS. A rad_engine is read-only after rad_engine_open and may be shared by any number of threads; each
@@ -141,7 +143,8 @@ typedef struct rad_result {
     int         truncated;               // the note was cut to max_note_tokens
     int         prompt_tokens;           // tokens of the prompt as scored (BOS included)
     const char *reason;                  // static string: "", "empty note", "low confidence",
-                                         //   "safety switch", "model abstained", "safety review"
+                                         //   "safety switch", "model abstained", "safety review",
+                                         //   "stroke window"
     rad_facts   facts;                   // what rad_extract read
 } rad_result;
 
@@ -793,6 +796,10 @@ RADC_FN void rad__decide(rad_result *r, double T, double threshold) {
     else if (d.label == RAD_REVIEW) r->reason = "safety review";
     else if (d.label != best) r->reason = "safety switch";
     else r->reason = "";
+    if (r->facts.stroke_window && r->label != RAD_REVIEW && r->label != RAD_CT_STROKE) {
+        r->label = RAD_REVIEW;   // under-triage guard (G11)
+        r->reason = "stroke window";
+    }
     if (r->label != RAD_REVIEW && r->confidence < threshold) {
         r->label = RAD_REVIEW;
         r->reason = "low confidence";

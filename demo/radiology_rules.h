@@ -212,6 +212,9 @@ struct rad_facts {
     unsigned char implant;              // RAD_IMPLANT_*
     unsigned char anticoag;             // anticoagulant or P2Y12 antiplatelet
     unsigned char incomplete;           // more cues than RAD_MAX_HITS: facts may be missing
+    unsigned char stroke_window;        // acute stroke work-up: "code stroke" / "stroke alert", or last known
+                                        // well / symptom onset given in hours or minutes (<= 24 h) or as a
+                                        // clock time (G11); the engine never auto-assigns a non-stroke label then
     unsigned      implant_kinds;        // RAD_DEV_* of the implants that count
     unsigned      renal_risk;           // RAD_RISK_*
     unsigned      rule_negative;        // RAD_RULE_*
@@ -515,7 +518,8 @@ enum {
     RAD__K_NEG,         // negator; val: RAD__NEG_* bits
     RAD__K_BREAK,       // ends a negation scope ("but", "however")
     RAD__K_EGFR, RAD__K_CREAT, RAD__K_AKI, RAD__K_DIALYSIS, RAD__K_ANURIC, RAD__K_RESIDUAL, RAD__K_CKD,
-    RAD__K_ESRD, RAD__K_PREDIALYSIS,
+    RAD__K_ESRD, RAD__K_PREDIALYSIS, RAD__K_STROKE_CODE, RAD__K_LKW,
+    RAD__K_CLIPPED,     // "clipped": an aneurysm clip when "aneurysm" follows within three words, else nothing
     RAD__K_RISK,        // val: RAD_RISK_*
     RAD__K_IOD, RAD__K_GAD, RAD__K_CONTRAST,
     RAD__K_REACT,       // val: RAD_REACT_MILD / RAD_REACT_UNKNOWN (allergy words) / RAD_REACT_SEVERE
@@ -617,6 +621,10 @@ static const rad__cue rad__cues[] = {
     {"renal insufficiency", RAD__K_CKD, 0, 0}, {"renal impairment", RAD__K_CKD, 0, 0},
     {"renal disease", RAD__K_CKD, 0, 0}, {"kidney disease", RAD__K_CKD, 0, 0},
     {"chronic renal failure", RAD__K_CKD, 0, 0}, {"esrd", RAD__K_ESRD, 0, 0}, {"eskd", RAD__K_ESRD, 0, 0},
+    {"code stroke", RAD__K_STROKE_CODE, 0, 0}, {"stroke code", RAD__K_STROKE_CODE, 0, 0},
+    {"stroke alert", RAD__K_STROKE_CODE, 0, 0}, {"stroke activation", RAD__K_STROKE_CODE, 0, 0},
+    {"lkw", RAD__K_LKW, 0, 0}, {"last known well", RAD__K_LKW, 0, 0}, {"last seen well", RAD__K_LKW, 0, 0},
+    {"last seen normal", RAD__K_LKW, 0, 0}, {"symptom onset", RAD__K_LKW, 0, 0}, {"onset of symptoms", RAD__K_LKW, 0, 0},
     {"end stage renal*", RAD__K_ESRD, 0, 0}, {"end stage kidney*", RAD__K_ESRD, 0, 0},
 
     // renal risk factors
@@ -724,6 +732,7 @@ static const rad__cue rad__cues[] = {
     {"vns", RAD__K_DEVICE, 0, RAD_DEV_NEURO}, {"cochlear implant*", RAD__K_DEVICE, 0, RAD_DEV_COCHLEAR},
     {"cochlear device", RAD__K_DEVICE, 0, RAD_DEV_COCHLEAR}, {"aneurysm clip*", RAD__K_DEVICE, 0, RAD_DEV_CLIP},
     {"aneurysmal clip*", RAD__K_DEVICE, 0, RAD_DEV_CLIP}, {"clipped aneurysm", RAD__K_DEVICE, 0, RAD_DEV_CLIP},
+    {"clipped", RAD__K_CLIPPED, 0, RAD_DEV_CLIP},
     {"ferromagnetic*", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_CLIP},
     {"metal in eye*", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
     {"metal in his eye", RAD__K_DEVICE_UNSAFE, 0, RAD_DEV_METAL_EYE},
@@ -911,6 +920,7 @@ typedef struct rad__doc {
 static int rad__first_index(const rad__cue *c) { return (unsigned char)c->pat[0]; }
 
 // One pass over word starts: at each, the longest cue that matches; then continue after it.
+static int rad__word_at(const char *s, size_t n, size_t i, const char *w);
 static void rad__scan(rad__doc *d, rad__hit *buf, int cap) {
     const char *s = d->s;
     size_t n = d->n, i = 0;
@@ -952,6 +962,23 @@ static void rad__scan(rad__doc *d, rad__hit *buf, int cap) {
         h->flags = rad__cues[best].flags;
         h->val = rad__cues[best].val;
         i = best_end;
+        if (h->kind == RAD__K_CLIPPED) {   // "clipped R MCA aneurysm", "clipped left PCOM aneurysm 1996"
+            size_t j = i;
+            for (int w = 0; w < 4 && j < n && j - i < 32; w++) {
+                while (j < n && (s[j] == ' ' || s[j] == '-' || s[j] == '/')) j++;
+                size_t L = rad__word_at(s, n, j, "aneurysm");
+                if (!L) L = rad__word_at(s, n, j, "aneurysms");
+                if (L) {
+                    h->kind = RAD__K_DEVICE;
+                    h->end = (int)(j + L);
+                    i = j + L;
+                    break;
+                }
+                if (j >= n || !rad__alnum((unsigned char)s[j])) break;
+                while (j < n && rad__alnum((unsigned char)s[j])) j++;
+            }
+            if (h->kind == RAD__K_CLIPPED) d->nhits--;   // no aneurysm: not a cue
+        }
         // a prefix pattern may stop inside a word: skip the rest of it
         while (i < n && i > 0 && rad__alnum((unsigned char)s[i - 1]) && rad__alnum((unsigned char)s[i]) &&
                !rad__digit((unsigned char)s[i]))
@@ -1645,6 +1672,40 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
         case RAD__K_ESRD:
             if (!rad__negated_local(d, k)) f->ckd_stage = 5;
             break;
+        case RAD__K_STROKE_CODE:   // "code stroke", "stroke alert" (not "no stroke alert", "stroke alert cancelled")
+            if (!rad__negated(d, k)) f->stroke_window = 1;
+            break;
+        case RAD__K_LKW: {
+            // "LKW 1 hr ago", "LKW 45 min", "last known well 07:15", "symptom onset 0730"; not "LKW 3 days ago"
+            size_t e = (size_t)h->end;
+            while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '@' || s[e] == '~')) e++;
+            while (e < n && rad__word_at(s, n, e, "at")) e += 2;
+            while (e < n && s[e] == ' ') e++;
+            if (e >= n || !rad__digit((unsigned char)s[e])) break;
+            size_t q = e;
+            float v = 0.0f;
+            while (q < n && rad__digit((unsigned char)s[q])) v = v * 10.0f + (float)(s[q++] - '0');
+            if (q < n && (s[q] == ':' || s[q] == 'h') && q + 2 < n && rad__digit((unsigned char)s[q + 1]) &&
+                rad__digit((unsigned char)s[q + 2])) {   // a clock time: 07:15, 7h30
+                f->stroke_window = 1;
+                break;
+            }
+            if (q - e == 4 && v <= 2359.0f) {   // 0730
+                f->stroke_window = 1;
+                break;
+            }
+            if (q < n && s[q] == '.')
+                for (q++; q < n && rad__digit((unsigned char)s[q]); q++) {}
+            while (q < n && s[q] == ' ') q++;
+            if (rad__word_at(s, n, q, "h") || rad__word_at(s, n, q, "hr") || rad__word_at(s, n, q, "hrs") ||
+                rad__word_at(s, n, q, "hour") || rad__word_at(s, n, q, "hours")) {
+                if (v <= 24.0f) f->stroke_window = 1;
+            } else if (rad__word_at(s, n, q, "min") || rad__word_at(s, n, q, "mins") ||
+                       rad__word_at(s, n, q, "minutes")) {
+                f->stroke_window = 1;
+            }
+            break;
+        }
         case RAD__K_RISK:
             if (!rad__negated_local(d, k)) f->renal_risk |= h->val;
             break;
@@ -1815,6 +1876,9 @@ RADDEF int rad_cue_mask(const char *note, size_t len, unsigned char *mask) {
     d.n = len;
     rad__scan(&d, hits, RAD_MAX_HITS);
     for (int k = 0; k < d.nhits; k++) {
+        // The stroke-window cues feed the engine's under-triage guard, not the facts the generator's gold comes
+        // from: they stay unmasked, so that radgen's output (and the pretraining corpus) did not change with them.
+        if (d.hits[k].kind == RAD__K_STROKE_CODE || d.hits[k].kind == RAD__K_LKW) continue;
         // the cue and its neighbourhood words (numbers, qualifiers) up to 12 bytes after it
         int a = d.hits[k].start, b = d.hits[k].end + 12;
         if (b > (int)len) b = (int)len;

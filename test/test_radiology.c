@@ -224,6 +224,26 @@ static void check_decision(void) {
     tu_check(r.label == RAD_REVIEW && r.review && !strcmp(r.reason, "low confidence") && r.top[0] == 0 &&
                  r.top[1] == 1 && r.top[2] == 2,
              "decision: low confidence -> REVIEW with alternatives", "label %d reason %s", r.label, r.reason);
+    // under-triage guard: a code stroke never auto-assigns a label other than the stroke protocol
+    {
+        const char *stroke = "74M code stroke, LKW 1 hr ago, L face/arm weakness, NIHSS 11. eGFR 22.";
+        rad_result q;
+        memset(&q, 0, sizeof q);
+        rad_extract(stroke, strlen(stroke), &q.facts);
+        for (int k = 0; k < RAD_NUM_LABELS; k++) q.score[k] = -20.0;
+        q.score[RAD_CT_MAXFACE] = -0.1;
+        rad_result_recalibrate(&q, 1.0, 0.5);
+        tu_check(q.facts.stroke_window && q.label == RAD_REVIEW && !strcmp(q.reason, "stroke window") &&
+                     q.top[0] == RAD_CT_MAXFACE,
+                 "decision: a confident non-stroke label in a code stroke goes to REVIEW", "window %d label %d reason %s",
+                 q.facts.stroke_window, q.label, q.reason);
+        q.score[RAD_CT_MAXFACE] = -20.0;
+        q.score[RAD_CT_STROKE] = -0.1;
+        rad_result_recalibrate(&q, 1.0, 0.5);
+        tu_check(q.label == RAD_CT_STROKE && (q.flags & RAD_FLAG_CONTRAST_RISK),
+                 "decision: the stroke protocol passes in a code stroke (with contrast_risk at eGFR 22)",
+                 "label %d flags %u reason %s", q.label, q.flags, q.reason);
+    }
     // a temperature flattens the distribution; p sums to 1
     double s = 0;
     for (int k = 0; k < RAD_NUM_LABELS; k++) s += r.p[k];

@@ -179,6 +179,33 @@ static void test_facts(void) {
     rad_extract(n4, strlen(n4), &f);
     int ok4 = f.ckd_stage == 4 && f.egfr == 22.0f;
     tu_check(ok1 && ok2 && ok3 && ok4, "facts_single", "cases ok: %d %d %d %d", ok1, ok2, ok3, ok4);
+    // acute stroke work-up (G11): a stroke code, or last known well / onset within 24 h or at a clock time
+    static const char *const window_yes[] = {"66M code stroke, R arm weakness", "LKW 1 hr ago, aphasia",
+                                             "LKW 45 min, L hemiparesis", "last known well 07:15, facial droop",
+                                             "symptom onset 0730, dysarthria", "Stroke alert 14:02, NIHSS 9",
+                                             "LKW @ 2h, R neglect"};
+    static const char *const window_no[] = {"no stroke alert called, dizzy", "LKW 3 days ago, now stable",
+                                            "TIA last week, symptoms resolved", "h/o stroke 2019, new headache",
+                                            "LKW unknown, found down 2 days"};
+    int wy = 0, wn = 0;
+    for (size_t i = 0; i < sizeof window_yes / sizeof window_yes[0]; i++) {
+        rad_extract(window_yes[i], strlen(window_yes[i]), &f);
+        wy += f.stroke_window == 1;
+    }
+    for (size_t i = 0; i < sizeof window_no / sizeof window_no[0]; i++) {
+        rad_extract(window_no[i], strlen(window_no[i]), &f);
+        wn += f.stroke_window == 0;
+    }
+    tu_check(wy == 7 && wn == 5, "facts_stroke_window", "%d of 7 windows read, %d of 5 non-windows", wy, wn);
+    // "clipped <words> aneurysm" is an aneurysm clip; "clipped" elsewhere is nothing
+    const char *c1 = "Small cell lung ca, staging. PMH: clipped R MCA aneurysm 1996 (clip type unknown). eGFR 70.";
+    rad_extract(c1, strlen(c1), &f);
+    int clip1 = f.implant != RAD_IMPLANT_NONE && (f.implant_kinds & RAD_DEV_CLIP);
+    const char *c2 = "Toenails clipped by podiatry, R foot ulcer, ?osteomyelitis.";
+    rad_extract(c2, strlen(c2), &f);
+    int clip2 = f.implant == RAD_IMPLANT_NONE && f.implant_kinds == 0;
+    tu_check(clip1 && clip2, "facts_clipped_aneurysm", "clipped aneurysm read %d, other clipping ignored %d", clip1,
+             clip2);
     // Cr without eGFR: the CKD-EPI rule (90-year-old woman, Cr 1.7 -> eGFR < 30) and the 2.0 mg/dL rule
     rad_facts_clear(&f);
     f.age = 90; f.sex = 'F'; f.creat = 1.7f;
