@@ -52,7 +52,8 @@
 //      statement beats a negative one. G/P notation alone ("G2P1") is obstetric history, not pregnancy; G/P with
 //      a gestational age after it ("G1P0 at 29 wks", "G2P1 18/40") is a current pregnancy.
 //      Always 0 for a male patient.
-//    - Implants: PPM/pacemaker/AICD/ICD/CIED/DBS/neurostimulator/cochlear implant/aneurysm clip -> status
+//    - Implants: PPM/pacemaker/AICD/ICD/CIED/DBS/neurostimulator/any "stimulator"/cochlear implant/aneurysm clip
+//      -> status
 //      unknown unless "MR conditional"/"MRI compatible" (conditional) or "not MR conditional"/"legacy"/"MR
 //      unsafe" (unsafe) is written next to it; metal in the eye / orbital foreign body, abandoned or epicardial
 //      leads, ferromagnetic clips = unsafe. "removed", "explanted", "s/p removal of", "no pacemaker" = none.
@@ -728,6 +729,7 @@ static const rad__cue rad__cues[] = {
     {"biv pacer", RAD__K_DEVICE, 0, RAD_DEV_CIED}, {"loop recorder", RAD__K_DEVICE, 0, RAD_DEV_CIED},
     {"dbs", RAD__K_DEVICE, 0, RAD_DEV_NEURO}, {"deep brain stim*", RAD__K_DEVICE, 0, RAD_DEV_NEURO},
     {"neurostimulator", RAD__K_DEVICE, 0, RAD_DEV_NEURO}, {"spinal cord stim*", RAD__K_DEVICE, 0, RAD_DEV_NEURO},
+    {"stimulator", RAD__K_DEVICE, 0, RAD_DEV_NEURO}, {"nerve stimulator", RAD__K_DEVICE, 0, RAD_DEV_NEURO},
     {"vagal nerve stim*", RAD__K_DEVICE, 0, RAD_DEV_NEURO}, {"vagus nerve stim*", RAD__K_DEVICE, 0, RAD_DEV_NEURO},
     {"vns", RAD__K_DEVICE, 0, RAD_DEV_NEURO}, {"cochlear implant*", RAD__K_DEVICE, 0, RAD_DEV_COCHLEAR},
     {"cochlear device", RAD__K_DEVICE, 0, RAD_DEV_COCHLEAR}, {"aneurysm clip*", RAD__K_DEVICE, 0, RAD_DEV_CLIP},

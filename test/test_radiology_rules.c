@@ -204,8 +204,11 @@ static void test_facts(void) {
     const char *c2 = "Toenails clipped by podiatry, R foot ulcer, ?osteomyelitis.";
     rad_extract(c2, strlen(c2), &f);
     int clip2 = f.implant == RAD_IMPLANT_NONE && f.implant_kinds == 0;
-    tu_check(clip1 && clip2, "facts_clipped_aneurysm", "clipped aneurysm read %d, other clipping ignored %d", clip1,
-             clip2);
+    const char *c3 = "LBP with radiculopathy, MRI L spine. Has 'some kind of stimulator in my back', no paperwork.";
+    rad_extract(c3, strlen(c3), &f);
+    clip2 = clip2 && f.implant != RAD_IMPLANT_NONE && (f.implant_kinds & RAD_DEV_NEURO);
+    tu_check(clip1 && clip2, "facts_implant_phrasings",
+             "clipped aneurysm read %d; other clipping ignored and a bare stimulator read %d", clip1, clip2);
     // Cr without eGFR: the CKD-EPI rule (90-year-old woman, Cr 1.7 -> eGFR < 30) and the 2.0 mg/dL rule
     rad_facts_clear(&f);
     f.age = 90; f.sex = 'F'; f.creat = 1.7f;
