@@ -264,6 +264,30 @@ static void check_finite_differences(void) {
 }
 
 // Bit-identical results for 1, 2 and 3 threads on every path (and for both GEMV and GEMM).
+#ifdef _OPENMP
+// C (M, N) = op(A)·op(B) + beta·C (C starting at 0.5) with 1, 2 and 3 threads: the three results have the same bits.
+static void sgemm_same_bits(qlora_kernel kernel, int ta, int tb, int64_t M, int64_t N, int64_t K, float beta,
+                            const char *name) {
+    float *A = (float *)malloc((size_t)(M * K) * sizeof(float)), *B = (float *)malloc((size_t)(K * N) * sizeof(float));
+    float *C[3];
+    tu_fill_normal(A, (long)(M * K), 1.0);
+    tu_fill_normal(B, (long)(K * N), 1.0);
+    int same = 1;
+    for (int t = 0; t < 3; t++) {
+        C[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
+        for (int64_t i = 0; i < M * N; i++) C[t][i] = 0.5f;
+        omp_set_num_threads(t + 1);
+        qlora_exec ex = { kernel, NULL };
+        qlora_sgemm(&ex, ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, beta, C[t], N);
+        if (t) same = same && !memcmp(C[0], C[t], (size_t)(M * N) * sizeof(float));
+    }
+    tu_check(same, name, "results differ");
+    for (int t = 0; t < 3; t++) free(C[t]);
+    free(A);
+    free(B);
+}
+#endif
+
 static void check_thread_independence(void) {
 #ifdef _OPENMP
     const int saved = omp_get_max_threads();
@@ -303,24 +327,8 @@ static void check_thread_independence(void) {
         free_w(&w);
     }
     // qlora_sgemm, GEMM split by columns and (few columns) by rows.
-    {
-        const int64_t M = 200, N = 16, K = 300;
-        float *A = (float *)malloc((size_t)(M * K) * sizeof(float)), *B = (float *)malloc((size_t)(K * N) * sizeof(float));
-        float *C[3];
-        tu_fill_normal(A, (long)(M * K), 1.0);
-        tu_fill_normal(B, (long)(K * N), 1.0);
-        int same = 1;
-        for (int t = 0; t < 3; t++) {
-            C[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
-            omp_set_num_threads(t + 1);
-            qlora_exec ex = { QLORA_KERNEL_SIMD, NULL };
-            qlora_sgemm(&ex, 0, 0, M, N, K, 1.0f, A, K, B, N, 0.0f, C[t], N);
-            if (t) same = same && !memcmp(C[0], C[t], (size_t)(M * N) * sizeof(float));
-        }
-        tu_check(same, "sgemm simd: bit-identical with 1, 2, 3 threads (M=200 N=16 K=300)", "results differ");
-        for (int t = 0; t < 3; t++) free(C[t]);
-        free(A); free(B);
-    }
+    sgemm_same_bits(QLORA_KERNEL_SIMD, 0, 0, 200, 16, 300, 0.0f,
+                    "sgemm simd: bit-identical with 1, 2, 3 threads (M=200 N=16 K=300)");
     // qlora_sgemm AUTO (OpenBLAS where it is built in) with sums longer than OpenBLAS' K block: OpenBLAS alone
     // splits the last K blocks differently with one thread and with several (K = 449..463, 688, ... on SkylakeX).
     {
@@ -329,48 +337,15 @@ static void check_thread_independence(void) {
             { 300, 40, 1100, 0, 1 },
         };
         for (int c = 0; c < 5; c++) {
-            const int64_t M = sh[c].M, N = sh[c].N, K = sh[c].K;
-            float *A = (float *)malloc((size_t)(M * K) * sizeof(float)), *B = (float *)malloc((size_t)(K * N) * sizeof(float));
-            float *C[3];
-            tu_fill_normal(A, (long)(M * K), 1.0);
-            tu_fill_normal(B, (long)(K * N), 1.0);
-            int same = 1;
-            for (int t = 0; t < 3; t++) {
-                C[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
-                for (int64_t i = 0; i < M * N; i++) C[t][i] = 0.5f;
-                omp_set_num_threads(t + 1);
-                qlora_exec ex = { QLORA_KERNEL_AUTO, NULL };
-                qlora_sgemm(&ex, sh[c].ta, sh[c].tb, M, N, K, 1.0f, A, sh[c].ta ? M : K, B, sh[c].tb ? K : N, 1.0f, C[t], N);
-                if (t) same = same && !memcmp(C[0], C[t], (size_t)(M * N) * sizeof(float));
-            }
             char name[160];
             snprintf(name, sizeof name, "sgemm auto: bit-identical with 1, 2, 3 threads (M=%lld N=%lld K=%lld ta %d tb %d)",
-                     (long long)M, (long long)N, (long long)K, sh[c].ta, sh[c].tb);
-            tu_check(same, name, "results differ");
-            for (int t = 0; t < 3; t++) free(C[t]);
-            free(A); free(B);
+                     (long long)sh[c].M, (long long)sh[c].N, (long long)sh[c].K, sh[c].ta, sh[c].tb);
+            sgemm_same_bits(QLORA_KERNEL_AUTO, sh[c].ta, sh[c].tb, sh[c].M, sh[c].N, sh[c].K, 1.0f, name);
         }
     }
     // qlora_sgemm's small-M path (decoding: a few rows against a transposed B), split by columns.
-    {
-        const int64_t M = 3, N = 1000, K = 701;
-        float *A = (float *)malloc((size_t)(M * K) * sizeof(float)), *B = (float *)malloc((size_t)(N * K) * sizeof(float));
-        float *C[3];
-        tu_fill_normal(A, (long)(M * K), 1.0);
-        tu_fill_normal(B, (long)(N * K), 1.0);
-        int same = 1;
-        for (int t = 0; t < 3; t++) {
-            C[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
-            omp_set_num_threads(t + 1);
-            qlora_exec ex = { QLORA_KERNEL_AUTO, NULL };
-            qlora_sgemm(&ex, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C[t], N);
-            if (t) same = same && !memcmp(C[0], C[t], (size_t)(M * N) * sizeof(float));
-        }
-        tu_check(same, "sgemm small M, B transposed: bit-identical with 1, 2, 3 threads (M=3 N=1000 K=701)",
-                 "results differ");
-        for (int t = 0; t < 3; t++) free(C[t]);
-        free(A); free(B);
-    }
+    sgemm_same_bits(QLORA_KERNEL_AUTO, 0, 1, 3, 1000, 701, 0.0f,
+                    "sgemm small M, B transposed: bit-identical with 1, 2, 3 threads (M=3 N=1000 K=701)");
     omp_set_num_threads(saved);
 #else
     tu_skip("thread independence", "built without OpenMP");
