@@ -95,14 +95,7 @@ def run_case(torch, d):
             P = m.W[key]
             flat = P.grad.reshape(-1)
             for idx in (int(torch.argmax(flat.abs()).item()), int(rng.integers(0, flat.numel()))):
-                v = P.view(-1)
-                old = v[idx].item()
-                v[idx] = old + h
-                lp = f().item()
-                v[idx] = old - h
-                lm = f().item()
-                v[idx] = old
-                lines.append("%s %d %.17g" % (name, idx, (lp - lm) / (2 * h)))
+                lines.append("%s %d %.17g" % (name, idx, llama_ref.central_difference(f, P, idx, h)))
     with open(os.path.join(rd, "fd.txt"), "w") as fo:
         fo.write("\n".join(lines) + "\n")
 

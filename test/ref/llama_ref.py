@@ -409,6 +409,19 @@ def write(path, a, dtype):
     np.asarray(a, dtype=dtype).tofile(path)
 
 
+def central_difference(f, P, idx, h):
+    """(f() at P[idx] + h  -  f() at P[idx] - h) / 2h for the flat index idx of P; P is restored (call under
+    torch.no_grad())."""
+    v = P.view(-1)
+    old = v[idx].item()
+    v[idx] = old + h
+    lp = f().item()
+    v[idx] = old - h
+    lm = f().item()
+    v[idx] = old
+    return (lp - lm) / (2 * h)
+
+
 def check_weights(m, case_dir, rd):
     """Dumped weights against the checkpoint: fp32 tensors exactly, NF4 ones within NF4 error."""
     c = m.c
@@ -557,14 +570,7 @@ def ref_dropout(torch, m, meta, dd, rd):
             for which, P in (("A", A), ("B", Bm)):
                 flat = P.grad.reshape(-1)
                 for idx in (int(torch.argmax(flat.abs()).item()), 0):
-                    v = P.view(-1)
-                    old = v[idx].item()
-                    v[idx] = old + h
-                    lp = f().item()
-                    v[idx] = old - h
-                    lm = f().item()
-                    v[idx] = old
-                    lines.append("%d %d %s %d %.17g" % (l, ti, which, idx, (lp - lm) / (2 * h)))
+                    lines.append("%d %d %s %d %.17g" % (l, ti, which, idx, central_difference(f, P, idx, h)))
     with open(os.path.join(rd, "fd.txt"), "w") as f2:
         f2.write("\n".join(lines) + "\n")
 
