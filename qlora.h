@@ -9317,8 +9317,7 @@ static qlora_status qlora__ll_proj_back_group(qlora_model *m, qlora_train_state 
     }
     qlora_llama_layer *ly = &m->layers[l];
     const int64_t C = m->cfg.hidden_size;
-    int64_t R = 0;
-    for (int i = 0; i < n; i++) R += fused[i] ? ly->lora[tg[i]].rank : 0;
+    const int64_t R = qlora__ll_group_stack_a(m, ts, l, tg, n, fused);   // lora_a was another group's since forward
     // per projection: dB += s·dyᵀ·xa;  g (M, r) = s·dy·B into its columns of xg (M, Σr)
     int64_t off = 0;
     for (int i = 0; i < n && st == QLORA_OK; i++) {
@@ -9353,10 +9352,7 @@ static qlora_status qlora__ll_proj_back_group(qlora_model *m, qlora_train_state 
         for (int64_t j = 0; j < a->rank * C; j++) a->dA[j] += src[j];
         off += a->rank;
     }
-    if (dx) {
-        qlora__ll_group_stack_a(m, ts, l, tg, n, fused);
-        qlora_sgemm(&m->exec, 0, 0, M, C, R, 1.0f, ts->lora_xg, R, ts->lora_a, C, 1.0f, dx, C);
-    }
+    if (dx) qlora_sgemm(&m->exec, 0, 0, M, C, R, 1.0f, ts->lora_xg, R, ts->lora_a, C, 1.0f, dx, C);
     return QLORA_OK;
 }
 
