@@ -134,12 +134,14 @@ static bl_flops bl_count(const bl_cfg *c, int R) {
 typedef struct bl_nf4_timer {
     double fwd_s, bwd_s;
     int64_t fwd_calls, bwd_calls;
-    qlora_kernel kernel;   // the CPU path to run (the model's exec.kernel)
+    qlora_kernel  kernel;    // the CPU path to run (the model's exec.kernel)
+    qlora_compute compute;   // and its arithmetic (exec.compute)
 } bl_nf4_timer;
 
-static void bl_timer_reset(bl_nf4_timer *t, qlora_kernel kernel) {
+static void bl_timer_reset(bl_nf4_timer *t, const qlora_exec *ex) {
     memset(t, 0, sizeof *t);
-    t->kernel = kernel;
+    t->kernel = ex->kernel;
+    t->compute = ex->compute;
 }
 
 static qlora_status bl_timer_fwd(void *user, float *y, const float *x, const qlora_nf4 *w, int64_t M,
@@ -149,6 +151,7 @@ static qlora_status bl_timer_fwd(void *user, float *y, const float *x, const qlo
     qlora_exec ex;
     ex.kernel = t->kernel;
     ex.backend = NULL;
+    ex.compute = t->compute;
     qlora_status st = qlora_nf4_linear_forward(&ex, y, x, w, M, err);   // the CPU path
     t->fwd_s += bc_now() - t0;
     t->fwd_calls++;
@@ -362,7 +365,7 @@ static bl_replay bl_replay_phases(qlora_model *m, qlora_train_state *ts) {
         m->exec.backend = &be;
         for (int rep = 0; rep < 3; rep++) {
             qlora_status st = QLORA_OK;
-            bl_timer_reset(&nt, m->exec.kernel);
+            bl_timer_reset(&nt, &m->exec);
             double t0 = bc_now();
             st = qlora__ll_proj_group(m, ts, l, qkv, 3, y, x, A, M, 1, &err);
             if (st == QLORA_OK) st = qlora__ll_proj(m, l, QLORA_TARGET_O, y[0], x, &A->cache[QLORA_TARGET_O], M, 1, &err);
@@ -502,7 +505,7 @@ static int bl_child_train(const bl_cfg *c, double peak, int warmup, int steps) {
     for (int64_t i = 0; i < N; i++) tokens[i] = (int32_t)(bc_rng_u64(&s) % (uint64_t)c->vocab);
 
     bl_nf4_timer nt;
-    bl_timer_reset(&nt, m.exec.kernel);
+    bl_timer_reset(&nt, &m.exec);
     qlora_backend be = bl_timer_backend(&nt);
     m.exec.backend = &be;
 
@@ -510,7 +513,7 @@ static int bl_child_train(const bl_cfg *c, double peak, int warmup, int steps) {
     float loss = 0.0f;
     printf("   steps, wall s (CPU s / wall s; 2.0 = both cores busy for this process):");
     for (int i = 0; i < warmup + steps; i++) {
-        bl_timer_reset(&nt, m.exec.kernel);
+        bl_timer_reset(&nt, &m.exec);
         double c0 = bc_cpu_now(), t0 = bc_now();
         qlora_model_zero_grad(&m);
         st = qlora_model_forward_train(&m, &ts, tokens, NULL, tokens, &loss, &err);
@@ -560,9 +563,13 @@ static int bl_child_train(const bl_cfg *c, double peak, int warmup, int steps) {
     return 0;
 }
 
-// Decode of n_dec tokens after a 32-token prompt: tokens/s against the NF4 bytes one token must read
-// over the streaming-read bandwidth bw (GB/s). The NF4 GEMV time comes from the timing backend be.
-static void bl_decode(qlora_model *m, const bl_cfg *c, double bw, int n_dec, bl_nf4_timer *nt, qlora_backend *be) {
+// Decode of n_dec tokens after a 32-token prompt, with the NF4 GEMV in `compute` arithmetic (fp32, or
+// bf16 as bitsandbytes' compute_dtype): tokens/s against the NF4 bytes one token must read over the
+// streaming-read bandwidth bw (GB/s). The NF4 GEMV time comes from the timing backend be.
+static void bl_decode(qlora_model *m, const bl_cfg *c, double bw, int n_dec, bl_nf4_timer *nt, qlora_backend *be,
+                      qlora_compute compute) {
+    const char *sfx = compute == QLORA_COMPUTE_BF16 ? "_bf16" : "";
+    printf("   -- decode, NF4 GEMV compute %s\n", compute == QLORA_COMPUTE_BF16 ? "bf16" : "fp32");
     const int n_prompt = 32;
     qlora_error err;
     qlora_status st;
@@ -578,7 +585,8 @@ static void bl_decode(qlora_model *m, const bl_cfg *c, double bw, int n_dec, bl_
     if (st != QLORA_OK) bl_die("prefill", st, &err);
     const double t_prefill = bc_now() - t0;
     m->exec.backend = be;
-    bl_timer_reset(nt, m->exec.kernel);
+    m->exec.compute = compute;
+    bl_timer_reset(nt, &m->exec);
     double best = 1e30, total = 0.0, c0 = bc_cpu_now();
     int32_t tok = prompt[n_prompt - 1];
     for (int i = 0; i < n_dec; i++) {
@@ -591,6 +599,7 @@ static void bl_decode(qlora_model *m, const bl_cfg *c, double bw, int n_dec, bl_
         tok = (int32_t)(bc_rng_u64(&s) % (uint64_t)c->vocab);
     }
     m->exec.backend = NULL;
+    m->exec.compute = QLORA_COMPUTE_F32;
     // bytes one token must read: NF4 projections (codes + scales), the fp32 lm_head, the LoRA A and
     // B of every adapter, one embedding row and the KV cache so far
     double nf4 = 0.0, lora = 0.0;
@@ -621,9 +630,10 @@ static void bl_decode(qlora_model *m, const bl_cfg *c, double bw, int n_dec, bl_
     // shows what the code does when it has both cores.
     printf("   best token alone: %.2f tokens/s -> ratio %.2f to the NF4 bound (diagnostic; the target is on the mean)\n",
            1.0 / best, (1.0 / best) / (bw * 1e9 / nf4));
-    printf("@ %s.dec_tps %.6f\n@ %s.dec_nf4_bytes %.6e\n@ %s.dec_all_bytes %.6e\n@ %s.dec_hwm_kb %ld\n"
-           "@ %s.dec_nf4_share %.4f\n@ %s.dec_best_tps %.6f\n",
-           bl_tag, tps, bl_tag, nf4, bl_tag, all, bl_tag, hwm, bl_tag, nt->fwd_s / total, bl_tag, 1.0 / best);
+    printf("@ %s.dec%s_tps %.6f\n@ %s.dec%s_nf4_bytes %.6e\n@ %s.dec%s_all_bytes %.6e\n@ %s.dec%s_hwm_kb %ld\n"
+           "@ %s.dec%s_nf4_share %.4f\n@ %s.dec%s_best_tps %.6f\n",
+           bl_tag, sfx, tps, bl_tag, sfx, nf4, bl_tag, sfx, all, bl_tag, sfx, hwm, bl_tag, sfx, nt->fwd_s / total,
+           bl_tag, sfx, 1.0 / best);
     fflush(stdout);
     free(logits);
     qlora_kv_cache_free(&kv);
@@ -642,7 +652,8 @@ static int bl_child_decode(int layers, int n_dec) {
     const double bw = bc_stream_read((int64_t)1 << 29, 4);
     bl_nf4_timer nt;
     qlora_backend be = bl_timer_backend(&nt);
-    bl_decode(&m, &c, bw, n_dec, &nt, &be);
+    bl_decode(&m, &c, bw, n_dec, &nt, &be, QLORA_COMPUTE_F32);
+    bl_decode(&m, &c, bw, n_dec, &nt, &be, QLORA_COMPUTE_BF16);
     qlora_model_free(&m);
     return 0;
 }
@@ -663,11 +674,12 @@ static int bl_child_7b(double peak, double bw, int quick) {
     printf("   RSS after the model is made: %.2f GiB\n", (double)bc_status_kb("VmRSS") / 1024.0 / 1024.0);
 
     bl_nf4_timer nt;
-    bl_timer_reset(&nt, m.exec.kernel);
+    bl_timer_reset(&nt, &m.exec);
     qlora_backend be = bl_timer_backend(&nt);
 
     // --- decode ---
-    bl_decode(&m, c, bw, quick ? 4 : 16, &nt, &be);
+    bl_decode(&m, c, bw, quick ? 4 : 16, &nt, &be, QLORA_COMPUTE_F32);
+    bl_decode(&m, c, bw, quick ? 4 : 16, &nt, &be, QLORA_COMPUTE_BF16);
 
     // --- one training step ---
     {
@@ -686,7 +698,7 @@ static int bl_child_7b(double peak, double bw, int quick) {
         uint64_t s = 4242;
         for (int64_t i = 0; i < N; i++) tokens[i] = (int32_t)(bc_rng_u64(&s) % (uint64_t)c->vocab);
         m.exec.backend = &be;
-        bl_timer_reset(&nt, m.exec.kernel);
+        bl_timer_reset(&nt, &m.exec);
         float loss = 0.0f;
         double c0 = bc_cpu_now(), t0 = bc_now();
         qlora_model_zero_grad(&m);
@@ -992,12 +1004,22 @@ int main(int argc, char **argv) {
                    tps, "-", "-", cpu, "-", "-", hwm / 1024.0, "-", "-", notorch ? "not run (notorch)" : "unavailable");
     }
     if (want7b) {
-        double tps = bl_val("7b", "dec_tps"), nb = bl_val("7b", "dec_nf4_bytes"), ab = bl_val("7b", "dec_all_bytes");
-        double dh = bl_val("7b", "dec_hwm_kb");
-        printf("2. 7b decode: %.2f tokens/s; bound NF4 bytes/bandwidth %.2f tokens/s -> ratio %.2f (target >= 0.70: "
-               "%s); bound all bytes %.2f -> ratio %.2f; peak RSS %.2f GiB\n",
-               tps, bw * 1e9 / nb, tps / (bw * 1e9 / nb), bl_mark(tps / (bw * 1e9 / nb), 0.70, 1), bw * 1e9 / ab,
-               tps / (bw * 1e9 / ab), dh / 1024.0 / 1024.0);
+        for (int bf = 0; bf < 2; bf++) {
+            const char *k = bf ? "dec_bf16" : "dec";
+            char key[64];
+            snprintf(key, sizeof key, "%s_tps", k);
+            double tps = bl_val("7b", key);
+            snprintf(key, sizeof key, "%s_nf4_bytes", k);
+            double nb = bl_val("7b", key);
+            snprintf(key, sizeof key, "%s_all_bytes", k);
+            double ab = bl_val("7b", key);
+            snprintf(key, sizeof key, "%s_hwm_kb", k);
+            double dh = bl_val("7b", key);
+            printf("2. 7b decode, compute %s: %.2f tokens/s; bound NF4 bytes/bandwidth %.2f tokens/s -> ratio %.2f "
+                   "(target >= 0.70: %s); bound all bytes %.2f -> ratio %.2f; peak RSS %.2f GiB\n",
+                   bf ? "bf16" : "fp32", tps, bw * 1e9 / nb, tps / (bw * 1e9 / nb),
+                   bl_mark(tps / (bw * 1e9 / nb), 0.70, 1), bw * 1e9 / ab, tps / (bw * 1e9 / ab), dh / 1024.0 / 1024.0);
+        }
         double st = bl_val("7b", "step_s"), fl = bl_val("7b", "flops"), f6 = bl_val("7b", "flops6pt");
         double hwm = bl_val("7b", "hwm_kb");
         printf("4. 7b QLoRA step (B 1 x T 512, checkpointing, 8-bit AdamW): %.1f s; FLOP bound %.1f s (6·P·T: "

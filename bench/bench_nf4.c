@@ -127,7 +127,7 @@ static double fma_peak(void) {
 // Best seconds of `reps` runs of one NF4 call.
 static double time_nf4(int fwd, qlora_kernel kernel, float *out, const float *in, const qlora_nf4 *w, int64_t M,
                        int reps) {
-    qlora_exec ex = { kernel, NULL };
+    qlora_exec ex = { kernel, NULL, QLORA_COMPUTE_F32 };
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = now_s();
@@ -256,17 +256,22 @@ int main(int argc, char **argv) {
         printf("   streaming read (plain float sum, %d threads): %.1f GB/s\n", ci.omp_threads, bw);
         if (cpu_clock)
             printf("   (cputime: %d concurrent single-threaded streams, each timed by its thread CPU time)\n", BC_THREADS);
-        printf("   %-18s %-4s %12s %8s\n", "M", "dir", "NF4 GB/s", "ratio");
+        printf("   %-18s %-9s %12s %8s   (bf16* = emulated: this build has no AVX-512 BF16)\n", "M", "dir", "NF4 GB/s",
+               "ratio");
         static const int64_t gm[3] = { 1, 4, 8 };
+        // forward in fp32, forward with QLORA_COMPUTE_BF16 (bitsandbytes' compute_dtype=bf16), backward
+        const qlora_exec ebf = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_BF16 };
         for (int im = 0; im < (quick ? 1 : 3); im++)
-            for (int fwd = 1; fwd >= 0; fwd--) {
+            for (int dir = 0; dir < 3; dir++) {
+                const int fwd = dir < 2;
+                const qlora_exec *ex = dir == 1 ? &ebf : NULL;
                 double best = 1e30;
                 for (int r = 0; r < 6; r++) {
                     double t, t0 = now_s(), tmax = 0.0;
                     int bad = 0;
                     if (!cpu_clock) {
                         for (int i = 0; i < nw; i++) {
-                            qlora_status st = fwd ? qlora_nf4_linear_forward(NULL, y, x, &ws[i], gm[im], NULL)
+                            qlora_status st = fwd ? qlora_nf4_linear_forward(ex, y, x, &ws[i], gm[im], NULL)
                                                   : qlora_nf4_linear_backward(NULL, dx, dy, &ws[i], gm[im], NULL);
                             bad |= st != QLORA_OK;
                         }
@@ -286,7 +291,7 @@ int main(int argc, char **argv) {
                             float *yo = y + (size_t)tid * 8 * N, *dxo = dx + (size_t)tid * 8 * K;
                             const double c0 = bc_thread_cpu_now();
                             for (int i = tid; i < nw; i += nt) {
-                                qlora_status st = fwd ? qlora_nf4_linear_forward(NULL, yo, x, &ws[i], gm[im], NULL)
+                                qlora_status st = fwd ? qlora_nf4_linear_forward(ex, yo, x, &ws[i], gm[im], NULL)
                                                       : qlora_nf4_linear_backward(NULL, dxo, dy, &ws[i], gm[im], NULL);
                                 bad |= st != QLORA_OK;
                             }
@@ -297,7 +302,8 @@ int main(int argc, char **argv) {
                     if (bad) { fprintf(stderr, "gemv failed\n"); return 1; }
                     if (t < best) best = t;
                 }
-                printf("   M = %-14lld %-4s %12.1f %8.2f%s\n", (long long)gm[im], fwd ? "fwd" : "bwd", bytes / best / 1e9,
+                printf("   M = %-14lld %-9s %12.1f %8.2f%s\n", (long long)gm[im],
+                       dir == 0 ? "fwd" : dir == 1 ? (ci.bf16_dot ? "fwd bf16" : "fwd bf16*") : "bwd", bytes / best / 1e9,
                        bytes / best / 1e9 / bw, gm[im] == 1 ? "   (target >= 0.70)" : "");
                 fflush(stdout);
             }
@@ -358,7 +364,7 @@ int main(int argc, char **argv) {
             double best[3] = { 1e30, 1e30, 1e30 };
             for (int r = 0; r < 20; r++)
                 for (int k = 0; k < 3; k++) {
-                    qlora_exec ex = { k == 0 ? QLORA_KERNEL_AUTO : k == 1 ? QLORA_KERNEL_SIMD : QLORA_KERNEL_BLAS, NULL };
+                    qlora_exec ex = { k == 0 ? QLORA_KERNEL_AUTO : k == 1 ? QLORA_KERNEL_SIMD : QLORA_KERNEL_BLAS, NULL, QLORA_COMPUTE_F32 };
 #ifndef QLORA_USE_OPENBLAS
                     if (k == 2) continue;
 #endif

@@ -82,9 +82,11 @@ static int cli_backend_open(cli_backend *be, const cli_cfg *c) {
     be->exec.kernel = !strcmp(k, "ref") ? QLORA_KERNEL_REF : !strcmp(k, "simd") ? QLORA_KERNEL_SIMD
                       : !strcmp(k, "blas") ? QLORA_KERNEL_BLAS : QLORA_KERNEL_AUTO;
     be->exec.backend = NULL;
+    be->exec.compute = !strcmp(cfg_str(c, "compute"), "bf16") ? QLORA_COMPUTE_BF16 : QLORA_COMPUTE_F32;
     qlora_cpu_info ci = qlora_cpu_info_get();
-    snprintf(be->name, sizeof be->name, "cpu (%s, %d thread%s, blas %s)", ci.simd, ci.omp_threads,
-             ci.omp_threads == 1 ? "" : "s", ci.blas_compiled ? ci.blas_core : "off");
+    snprintf(be->name, sizeof be->name, "cpu (%s, %d thread%s, blas %s%s)", ci.simd, ci.omp_threads,
+             ci.omp_threads == 1 ? "" : "s", ci.blas_compiled ? ci.blas_core : "off",
+             be->exec.compute == QLORA_COMPUTE_BF16 ? (ci.bf16_dot ? ", decode bf16" : ", decode bf16 (emulated)") : "");
     if (!strcmp(b, "cpu")) return 1;
     int required = !strcmp(b, "vulkan=required");
 #ifdef CLI_HAVE_VULKAN

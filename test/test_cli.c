@@ -526,6 +526,11 @@ static void test_inference(void) {
              "cli_generate_greedy_repeatable", "rc %d/%d: %s", r.rc, r2.rc, ch_line(r2.err, "error"));
     free(g1);
     free(g2);
+    // --compute bf16 (the arithmetic is tested in test_kernels / test_llama); a value it lacks is an error
+    r = ch_run("gen_bf16", NULL, "%s --compute bf16", gen);
+    r2 = ch_run("gen_fp16", NULL, "%s --compute fp16", gen);
+    tu_check(r.rc == 0 && count_lines(r.out) > 0 && r2.rc != 0 && ch_file_has(r2.err, "compute"),
+             "cli_generate_compute_option", "rc %d/%d: %s", r.rc, r2.rc, ch_line(r2.err, "error"));
     r = ch_run("score", NULL,
                "score --model %s --adapter %s --prompt 'the cat =' --candidates ' cat the| mat on'", q4, a);
     tu_check(r.rc == 0 && ch_file_has(r.out, "logprob") && ch_file_has(r.out, "mat on"),

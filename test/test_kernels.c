@@ -121,7 +121,7 @@ static void check_shape(const shape *sh, const int64_t *Ms, int nM) {
     memset(detail, 0, sizeof detail);
     for (int im = 0; im < nM; im++) {
         const int64_t M = Ms[im];
-        qlora_exec ex = { QLORA_KERNEL_REF, NULL };
+        qlora_exec ex = { QLORA_KERNEL_REF, NULL, QLORA_COMPUTE_F32 };
         qlora_error err = { QLORA_OK, "" };
         // Reference, then check the reference itself against double precision.
         for (int64_t i = 0; i < M * N; i++) yref[i] = NAN;   // forward must overwrite
@@ -247,7 +247,7 @@ static void check_finite_differences(void) {
             fd[i] = (l[0] - l[1]) / (2.0 * h);
         }
         for (int ik = -1; ik < 3; ik++) {
-            qlora_exec ex = { ik < 0 ? QLORA_KERNEL_REF : kernels[ik], NULL };
+            qlora_exec ex = { ik < 0 ? QLORA_KERNEL_REF : kernels[ik], NULL, QLORA_COMPUTE_F32 };
             for (int64_t i = 0; i < M * K; i++) dx[i] = 0.5f;   // accumulate onto 0.5
             qlora_status st = qlora_nf4_linear_backward(&ex, dx, g, &w, M, NULL);
             for (int64_t i = 0; i < M * K; i++) got[i] = (double)dx[i] - 0.5;
@@ -277,7 +277,7 @@ static void sgemm_same_bits(qlora_kernel kernel, int ta, int tb, int64_t M, int6
         C[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
         for (int64_t i = 0; i < M * N; i++) C[t][i] = 0.5f;
         omp_set_num_threads(t + 1);
-        qlora_exec ex = { kernel, NULL };
+        qlora_exec ex = { kernel, NULL, QLORA_COMPUTE_F32 };
         qlora_sgemm(&ex, ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, beta, C[t], N);
         if (t) same = same && !memcmp(C[0], C[t], (size_t)(M * N) * sizeof(float));
     }
@@ -304,7 +304,7 @@ static void check_thread_independence(void) {
         tu_fill_normal(x, (long)(M * K), 1.0);
         tu_fill_normal(dy, (long)(M * N), 1.0);
         for (int ik = 0; ik < 3; ik++) {
-            qlora_exec ex = { kernels[ik], NULL };
+            qlora_exec ex = { kernels[ik], NULL, QLORA_COMPUTE_F32 };
             int same = 1;
             for (int t = 0; t < 3; t++) {
                 y[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
@@ -390,7 +390,7 @@ static void check_sgemm(void) {
                     memcpy(Cref, C0, (size_t)(M * ldc) * sizeof(float));
                     if (beta == 0.0f)   // beta = 0 must ignore C, NaNs included
                         for (int64_t i = 0; i < M; i++) Cref[i * ldc] = NAN;
-                    qlora_exec ex = { QLORA_KERNEL_REF, NULL };
+                    qlora_exec ex = { QLORA_KERNEL_REF, NULL, QLORA_COMPUTE_F32 };
                     qlora_sgemm(&ex, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, Cref, ldc);
                     for (int ik = 0; ik < 3; ik++) {
                         memcpy(C, C0, (size_t)(M * ldc) * sizeof(float));
@@ -471,7 +471,7 @@ static void check_quantized_weight(void) {
         tu_check(0, "forward of a qlora_nf4_quantize weight", "quantize failed: %s", err.detail);
     } else {
         qlora_nf4_dequantize(wdq, &w, NULL);
-        qlora_exec ex = { QLORA_KERNEL_REF, NULL };
+        qlora_exec ex = { QLORA_KERNEL_REF, NULL, QLORA_COMPUTE_F32 };
         qlora_sgemm(&ex, 0, 1, M, N, K, 1.0f, x, K, wdq, K, 0.0f, yd, N);
         qlora_nf4_linear_forward(NULL, y, x, &w, M, NULL);
         tu_close("forward of a qlora_nf4_quantize weight (bs64 DQ) = x·dequant(W)ᵀ", y, yd, (long)(M * N), 1e-5, 1e-4);
@@ -508,11 +508,11 @@ static void check_backend(void) {
     be.user = &mode;
     be.nf4_linear_forward = fake_forward;
     be.nf4_linear_backward = fake_backward;
-    qlora_exec ex = { QLORA_KERNEL_AUTO, &be };
+    qlora_exec ex = { QLORA_KERNEL_AUTO, &be, QLORA_COMPUTE_F32 };
     float x[M * K], y[M * N], yref[M * N], dy[M * N], dx[M * K];
     tu_fill_normal(x, M * K, 1.0);
     tu_fill_normal(dy, M * N, 1.0);
-    qlora_exec rex = { QLORA_KERNEL_REF, NULL };
+    qlora_exec rex = { QLORA_KERNEL_REF, NULL, QLORA_COMPUTE_F32 };
     qlora_nf4_linear_forward(&rex, yref, x, &w, M, NULL);
     qlora_error err = { QLORA_OK, "" };
     qlora_status st = qlora_nf4_linear_forward(&ex, y, x, &w, M, &err);
@@ -603,6 +603,162 @@ static void check_bad_input(void) {
     free_w(&w);
 }
 
+// bf16 rounding written independently of qlora.h: keep 8 significant bits with nearbyint (ties to
+// even in the default rounding mode); below FLT_MIN → ±0 (qlora.h's documented flush).
+static double bf16_indep(float v) {
+    if (v != v || isinf(v) || v == 0.0f) return v;
+    if (fabs((double)v) < 1.1754943508222875e-38) return v < 0 ? -0.0 : 0.0;
+    int e;
+    frexp((double)v, &e);
+    return ldexp(nearbyint(ldexp((double)v, 8 - e)), e - 8);
+}
+
+// QLORA_COMPUTE_BF16: the scalar reference against a double-precision product of bf16-rounded x and
+// codebook, every kernel against the reference, the distance to fp32 (bf16 precision, not more),
+// fp32 outside the contract (M > 8, in % 128 != 0), NaN rows, thread independence, and the rounding.
+static void check_bf16_compute(void) {
+    {
+        const float one_tie = 1.0f + 1.0f / 256.0f, odd_tie = 1.0f + 3.0f / 256.0f;
+        const float r1 = qlora__bf16_round(one_tie), r2 = qlora__bf16_round(odd_tie);
+        const float rn = qlora__bf16_round(NAN), ri = qlora__bf16_round(-INFINITY), rs = qlora__bf16_round(-1e-39f);
+        const float rmax = qlora__bf16_round(3.4e38f), rsmall = qlora__bf16_round(1.0f + 1.0f / 512.0f);
+        tu_check(r1 == 1.0f && r2 == 1.0f + 1.0f / 64.0f && rn != rn && ri == -INFINITY && rs == 0.0f &&
+                     signbit(rs) && isinf(rmax) && rsmall == 1.0f && qlora__bf16_round(-2.5f) == -2.5f,
+                 "bf16 rounding: ties to even, NaN, Inf, subnormal to -0, overflow to Inf",
+                 "%.9g %.9g %.9g %.9g %.9g %.9g %.9g", (double)r1, (double)r2, (double)rn, (double)ri, (double)rs,
+                 (double)rmax, (double)rsmall);
+    }
+    static const struct { int64_t K, N; int32_t bs; int dq; } cases[] = {
+        { 128, 40, 64, 1 }, { 256, 37, 32, 0 }, { 384, 70, 256, 1 }, { 1024, 19, 4096, 0 }, { 128, 7, 128, 1 },
+        { 4096, 40, 64, 1 },
+    };
+    static const int64_t Ms[] = { 1, 3, 8 };
+    const int ncases = quick ? 3 : (int)(sizeof cases / sizeof *cases);
+    const float *cb = qlora_nf4_codebook();
+    for (int c = 0; c < ncases; c++) {
+        const int64_t K = cases[c].K, N = cases[c].N;
+        qlora_nf4 w;
+        if (!make_w(&w, N, K, cases[c].bs, cases[c].dq, 900 + (unsigned long long)c)) {
+            tu_check(0, "make_w", "out of memory");
+            return;
+        }
+        float *x = (float *)malloc((size_t)(8 * K) * sizeof(float));
+        float *yr = (float *)malloc((size_t)(8 * N) * sizeof(float));
+        float *y = (float *)malloc((size_t)(8 * N) * sizeof(float));
+        float *yf = (float *)malloc((size_t)(8 * N) * sizeof(float));
+        tu_fill_normal(x, (long)(8 * K), 1.0);
+        int ok_ref = 1, ok_k[3] = { 1, 1, 1 }, ok_f32 = 1, differs = 0;
+        char det[160] = "";
+        for (int im = 0; im < 3; im++) {
+            const int64_t M = Ms[im];
+            qlora_exec ex = { QLORA_KERNEL_REF, NULL, QLORA_COMPUTE_BF16 };
+            qlora_exec ef = { QLORA_KERNEL_REF, NULL, QLORA_COMPUTE_F32 };
+            for (int64_t i = 0; i < M * N; i++) yr[i] = NAN;
+            if (qlora_nf4_linear_forward(&ex, yr, x, &w, M, NULL) != QLORA_OK ||
+                qlora_nf4_linear_forward(&ef, yf, x, &w, M, NULL) != QLORA_OK) {
+                ok_ref = 0;
+                break;
+            }
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = 0; n < N; n++) {
+                    double s = 0.0, b = 0.0;
+                    for (int64_t k = 0; k < K; k++) {
+                        const int64_t e = n * K + k;
+                        const int code = (e & 1) ? (w.codes[e >> 1] & 15) : (w.codes[e >> 1] >> 4);
+                        const double t = bf16_indep(cb[code]) * bf16_indep(x[m * K + k]) *
+                                         (double)qlora_nf4_block_scale(&w, e / w.blocksize);
+                        s += t;
+                        b += fabs(t);
+                    }
+                    const double got = yr[m * N + n], f = yf[m * N + n];
+                    if (!(fabs(got - s) <= 1e-5 * b + 1e-6)) {
+                        if (ok_ref) snprintf(det, sizeof det, "M=%lld [%lld,%lld] got %.9g want %.9g", (long long)M,
+                                             (long long)m, (long long)n, got, s);
+                        ok_ref = 0;
+                    }
+                    if (!(fabs(got - f) <= b / 128.0)) ok_f32 = 0;   // bf16 keeps 8 bits: each factor within 2^-9
+                    if (got != f) differs = 1;
+                }
+            for (int ik = 0; ik < 3; ik++) {
+                ex.kernel = kernels[ik];
+                for (int64_t i = 0; i < M * N; i++) y[i] = NAN;
+                if (qlora_nf4_linear_forward(&ex, y, x, &w, M, NULL) != QLORA_OK) { ok_k[ik] = 0; continue; }
+                for (int64_t i = 0; i < M * N; i++) {
+                    double b = 0.0;
+                    for (int64_t k = 0; k < K; k++) b += fabs((double)x[(i / N) * K + k]) * 1.6;
+                    if (!(fabs((double)y[i] - yr[i]) <= 1e-5 * b + 1e-6)) ok_k[ik] = 0;
+                }
+            }
+        }
+        char name[160];
+        snprintf(name, sizeof name, "bf16 compute: ref vs double of bf16 inputs (K=%lld N=%lld bs %d%s)", (long long)K,
+                 (long long)N, cases[c].bs, cases[c].dq ? " DQ" : "");
+        tu_check(ok_ref, name, "%s", det);
+        for (int ik = 0; ik < 3; ik++) {
+            snprintf(name, sizeof name, "bf16 compute: %s vs ref (K=%lld N=%lld bs %d%s)", kernel_names[ik],
+                     (long long)K, (long long)N, cases[c].bs, cases[c].dq ? " DQ" : "");
+            tu_check(ok_k[ik], name, "differs from the bf16 reference");
+        }
+        snprintf(name, sizeof name, "bf16 compute: within bf16 precision of fp32, and not equal to it (K=%lld N=%lld)",
+                 (long long)K, (long long)N);
+        tu_check(ok_f32 && differs, name, "within %d, differs %d", ok_f32, differs);
+        free(x); free(yr); free(y); free(yf);
+        free_w(&w);
+    }
+    // Outside the contract the arithmetic is fp32: M = 9, and in = 96 (not a multiple of 128).
+    {
+        static const struct { int64_t M, K, N; } oc[] = { { 9, 128, 30 }, { 1, 96, 30 }, { 3, 200, 17 } };
+        for (int c = 0; c < 3; c++) {
+            const int64_t M = oc[c].M, K = oc[c].K, N = oc[c].N;
+            qlora_nf4 w;
+            make_w(&w, N, K, 64, 1, 950 + (unsigned long long)c);
+            float *x = (float *)malloc((size_t)(M * K) * sizeof(float));
+            float *y1 = (float *)malloc((size_t)(M * N) * sizeof(float));
+            float *y2 = (float *)malloc((size_t)(M * N) * sizeof(float));
+            tu_fill_normal(x, (long)(M * K), 1.0);
+            qlora_exec e1 = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_BF16 }, e2 = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_F32 };
+            qlora_nf4_linear_forward(&e1, y1, x, &w, M, NULL);
+            qlora_nf4_linear_forward(&e2, y2, x, &w, M, NULL);
+            char name[128];
+            snprintf(name, sizeof name, "bf16 compute: fp32 outside M <= 8 and in %% 128 == 0 (M=%lld K=%lld)",
+                     (long long)M, (long long)K);
+            tu_check(!memcmp(y1, y2, (size_t)(M * N) * sizeof(float)), name, "results differ from fp32");
+            free(x); free(y1); free(y2);
+            free_w(&w);
+        }
+    }
+    // A NaN in one row of x stays in that row of y; thread independence on the parallel path.
+    {
+        const int64_t M = 3, K = 512, N = 300;
+        qlora_nf4 w;
+        make_w(&w, N, K, 64, 1, 960);
+        float *x = (float *)malloc((size_t)(M * K) * sizeof(float));
+        float *y[3];
+        tu_fill_normal(x, (long)(M * K), 1.0);
+        x[1 * K + 77] = NAN;
+        qlora_exec ex = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_BF16 };
+        int nan_ok = 1, same = 1;
+        for (int t = 0; t < 3; t++) {
+            y[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
+#ifdef _OPENMP
+            const int saved = omp_get_max_threads();
+            omp_set_num_threads(t + 1);
+#endif
+            qlora_nf4_linear_forward(&ex, y[t], x, &w, M, NULL);
+#ifdef _OPENMP
+            omp_set_num_threads(saved);
+#endif
+        }
+        for (int64_t i = 0; i < M * N; i++) nan_ok = nan_ok && ((i / N == 1) == (y[0][i] != y[0][i]));
+        for (int t = 1; t < 3; t++) same = same && !memcmp(y[0], y[t], (size_t)(M * N) * sizeof(float));
+        tu_check(nan_ok, "bf16 compute: a NaN in one row of x stays in that row of y", "NaN spread or vanished");
+        tu_check(same, "bf16 compute: bit-identical with 1, 2, 3 threads (M=3 K=512 N=300)", "depends on the thread count");
+        for (int t = 0; t < 3; t++) free(y[t]);
+        free(x);
+        free_w(&w);
+    }
+}
+
 static void check_cpu_info(void) {
     qlora_cpu_info ci = qlora_cpu_info_get();
     int ok = ci.simd && ci.blas_core && ci.omp_threads >= 1;
@@ -620,8 +776,9 @@ static void check_cpu_info(void) {
 #endif
     tu_check(ok, "cpu info and the BLAS core trust list", "simd %s core %s trusted %d", ci.simd ? ci.simd : "(null)",
              ci.blas_core ? ci.blas_core : "(null)", ci.blas_trusted);
-    printf("# cpu: simd %s, %d OpenMP threads, BLAS %s (core %s, %s)\n", ci.simd, ci.omp_threads,
-           ci.blas_compiled ? "compiled" : "not compiled", ci.blas_core, ci.blas_trusted ? "trusted" : "not trusted");
+    printf("# cpu: simd %s%s, %d OpenMP threads, BLAS %s (core %s, %s)\n", ci.simd, ci.bf16_dot ? " + bf16" : "",
+           ci.omp_threads, ci.blas_compiled ? "compiled" : "not compiled", ci.blas_core,
+           ci.blas_trusted ? "trusted" : "not trusted");
 }
 
 int main(void) {
@@ -636,6 +793,7 @@ int main(void) {
         check_shape(&shapes[s], quick ? Ms_quick : Ms_full, quick ? 4 : 8);
     check_finite_differences();
     check_thread_independence();
+    check_bf16_compute();
     check_sgemm();
     check_quantized_weight();
     check_backend();
