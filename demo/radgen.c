@@ -1143,6 +1143,7 @@ static void write_record(FILE *fp, const rg_rec *rc, int labeled) {
 
 typedef struct rg_split { const char *name; int count; int split; } rg_split;
 static const rg_split rg_splits[] = {{"train", 3000, 0}, {"val", 400, 1}, {"test", 600, 2}};
+static int rg_train_count = 3000;   // --train N (its own stream: val, test and samples do not change)
 
 static int styles_of(int split, int *out) {
     int k = 0;
@@ -1216,11 +1217,12 @@ static int generate(unsigned long long seed, rg_sink sink, void *ctx) {
         int turn = 0, have[RAD_NUM_LABELS];
         memset(have, 0, sizeof have);
         rg_seed(&r, seed * 1000003ull + sp);
-        for (int i = 0; i < rg_splits[sp].count; i++) {
+        const int count = rg_splits[sp].split == 0 ? rg_train_count : rg_splits[sp].count;
+        for (int i = 0; i < count; i++) {
             if (rg_splits[sp].split == 2 && i == 0) {
                 seed_record(&rc);
             } else {
-                int want = rg_splits[sp].split == 0 && i >= rg_splits[sp].count * 4 / 5 ? train_deficit(have) : -1;
+                int want = rg_splits[sp].split == 0 && i >= count * 4 / 5 ? train_deficit(have) : -1;
                 const rg_scen *sc = want >= 0 ? pick_label(&r, want) : pick_scenario(&r, &turn);
                 make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], rg_splits[sp].split == 0, &rc);
                 snprintf(rc.id, sizeof rc.id, "%s-%04d", rg_splits[sp].name, i);
@@ -1376,8 +1378,9 @@ static void corpus(unsigned long long seed, int count) {
 }
 
 static void usage(FILE *fp) {
-    fputs("usage: radgen [--seed N] [--out DIR] | --corpus N [--seed N] | --check [--seed N] | --help\n"
+    fputs("usage: radgen [--seed N] [--train N] [--out DIR] | --corpus N [--seed N] | --check [--seed N] | --help\n"
           "  --out DIR     write DIR/train.jsonl (3000), val.jsonl (400), test.jsonl (600), sample_orders.jsonl (30)\n"
+          "  --train N     notes in train.jsonl (default 3000); the other files do not change with it\n"
           "  --corpus N    print N lines of unlabeled clinical text (pretraining corpus) to stdout: notes in the\n"
           "                8 original train styles only, report-like paragraphs, catalogue descriptions\n"
           "  --check       generate in memory; report (by id) notes where the facts extracted from the text give a\n"
@@ -1400,6 +1403,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--corpus") && i + 1 < argc) corpus_n = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--train") && i + 1 < argc) rg_train_count = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--check")) check = 1;
         else { fprintf(stderr, "radgen: unknown argument %d\n", i); usage(stderr); return 2; }
     }

@@ -58,6 +58,8 @@ static void rad_opts_default(rad_opts *o) {
     // styles; val / test exact match after calibration): lr 1e-3, dropout 0.1, batch 8 x 2, 6 epochs 0.83 / 0.80;
     // dropout 0: 0.75 / 0.80; + batch 8 x 1 (twice the steps): 0.77 / 0.84; + lr 2e-3: 0.83 / 0.89. The training
     // loss ends near 0.005 either way: the limit is how far the model generalizes to unseen note styles, not fit.
+    // With the 16 train styles (default, shipped): 0.91 / 0.90. The same steps over twice the notes (`radgen --train
+    // 6000`, 3 epochs): 0.88 / 0.88, val NLL 0.48 against 0.39 — more distinct notes did not beat more passes.
     // Without dropout the q/k/v and gate/up adapters also run fused (qlora.h), and no mask is drawn.
     o->epochs = 6;
     o->batch_size = 8;

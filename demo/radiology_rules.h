@@ -90,7 +90,8 @@
 //                            where that contraindication sends some label (V/Q for CTA PE, non-contrast chest
 //                            CT for contrast chest CT, ...), or REVIEW reached that way.
 //      pregnancy             pregnant and the label is ionising/gadolinium or is a pregnancy alternative; also
-//                            a woman aged 12-50 with no pregnancy status and an ionising exam covering the pelvis.
+//                            a woman aged 12-50 with no pregnancy status and an ionising exam that reaches a
+//                            pregnancy (a field covering the pelvis, or any radiotracer study).
 //      mri_safety            implant with unknown/unsafe MR status and the label is MRI or an MRI alternative;
 //                            an MR-conditional implant and an MRI label.
 //      renal_function_unknown  iodinated label (not the code stroke), no eGFR/Cr/AKI/dialysis/CKD stage in the
@@ -233,7 +234,9 @@ struct rad_label_info {
     unsigned char agent;                // RAD_AGENT_*
     unsigned char ionising;             // uses ionising radiation
     unsigned char mri;                  // MRI or MRA
-    unsigned char pelvis;               // ionising field that covers the pelvis (G6, unknown pregnancy status)
+    unsigned char fetal;                // exposes a pregnancy (G6, unknown pregnancy status): an ionising field
+                                        // that covers the pelvis, or a radiotracer (it circulates, and the
+                                        // bladder that excretes it lies against the uterus)
     unsigned char rule;                 // RAD_RULE_* domains whose negative decision rule makes it not indicated
     signed char   alt[RAD_CI_COUNT];    // per contraindication: label index, RAD_REVIEW, RAD_ALT_NA/KEEP/CTX
 };
@@ -292,7 +295,7 @@ RADDEF int rad_contraindications(const rad_facts *f, int label);      // bits (1
 #include <string.h>
 
 // ---------------------------------------------------------------------------------------------------------------
-// The label table. Columns: name, modality, region, contrast, agent, ionising, mri, pelvis, rule domains, then
+// The label table. Columns: name, modality, region, contrast, agent, ionising, mri, fetal, rule domains, then
 // the alternative per contraindication {pregnancy, mri_unsafe, iod_reaction, renal, gad_reaction}.
 // N = not affected, K = keep with flag, X = context-dependent, R = REVIEW. Where a row sends a label elsewhere the
 // reason is the domain notes' "choose this over its neighbour" column; REVIEW where the catalogue has nothing
@@ -312,7 +315,7 @@ RADDEF int rad_contraindications(const rad_facts *f, int label);      // bits (1
 static const rad_label_info rad__labels[RAD_NUM_LABELS] = {
     // name, modality, region, contrast,
     //  short description,
-    //  agent, ionising, mri, pelvis, rule,
+    //  agent, ionising, mri, fetal, rule,
     //                                                   {preg, mri, iod_react, renal, gad_react}
     {"CT head without contrast", "CT", "head", "none",
      "Head CT without contrast: bleed, fracture or mass effect after trauma or a sudden neurological change",
@@ -475,16 +478,16 @@ static const rad_label_info rad__labels[RAD_NUM_LABELS] = {
      RAD__TRC, 1, 0, 1, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
     {"NM lung ventilation perfusion scan", "NM", "lungs", "radiotracer (Tc-99m MAA +/- aerosol/gas)",
      "Ventilation and perfusion lung scintigraphy",
-     RAD__TRC, 1, 0, 0, RAD_RULE_PE, {RAD__K, RAD__N, RAD__N, RAD__N, RAD__N}},
+     RAD__TRC, 1, 0, 1, RAD_RULE_PE, {RAD__K, RAD__N, RAD__N, RAD__N, RAD__N}},
     {"NM hepatobiliary scan", "NM", "gallbladder/biliary", "radiotracer (Tc-99m IDA)",
      "Hepatobiliary (HIDA) scintigraphy, with CCK where needed",
-     RAD__TRC, 1, 0, 0, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
+     RAD__TRC, 1, 0, 1, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
     {"NM myocardial perfusion SPECT", "NM", "heart", "radiotracer (Tc-99m sestamibi/tetrofosmin)",
      "Stress and rest myocardial perfusion SPECT, exercise or pharmacological",
-     RAD__TRC, 1, 0, 0, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
+     RAD__TRC, 1, 0, 1, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
     {"NM thyroid uptake and scan", "NM", "thyroid", "radiotracer (I-123 or Tc-99m)",
      "Thyroid uptake measurement and scintigraphy",
-     RAD__TRC, 1, 0, 0, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
+     RAD__TRC, 1, 0, 1, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
     {"PET/CT FDG skull base to mid-thigh", "PET/CT", "skull base to mid-thigh", "radiotracer (F-18 FDG)",
      "Oncological FDG PET/CT from skull base to mid-thigh",
      RAD__TRC, 1, 0, 1, 0, {RAD__R, RAD__N, RAD__N, RAD__N, RAD__N}},
@@ -2054,7 +2057,7 @@ static unsigned rad__flags_for(const rad_facts *f, unsigned present, int x) {
     if (x != RAD_REVIEW) {
         if (rad__ci_on(f, present, x, RAD_CI_PREGNANCY) && L->alt[RAD_CI_PREGNANCY] == RAD_ALT_KEEP)
             fl |= RAD_FLAG_PREGNANCY;
-        if (f->pregnant == 0 && f->sex == 'F' && f->age >= 12 && f->age <= 50 && L->ionising && L->pelvis)
+        if (f->pregnant == 0 && f->sex == 'F' && f->age >= 12 && f->age <= 50 && L->ionising && L->fetal)
             fl |= RAD_FLAG_PREGNANCY;
         if ((present >> RAD_CI_RENAL & 1u) && L->alt[RAD_CI_RENAL] == RAD_ALT_KEEP) fl |= RAD_FLAG_CONTRAST_RISK;
         if (L->agent == RAD_AGENT_IODINATED && f->reaction[RAD_CLASS_IOD] != RAD_REACT_NONE)

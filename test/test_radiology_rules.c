@@ -91,7 +91,11 @@ static const mpair pairs[] = {
     {"30F fell, hit head, GCS 14. hCG neg.", "30F fell, hit head, GCS 14. 12 wks pregnant.", RAD_CT_HEAD, RAD_CT_HEAD, 0,
      RAD_CT_HEAD, PG},
     {"30F hyperthyroidism, pre-RAI dosing. not breastfeeding.", "30F hyperthyroidism, pre-RAI dosing. breastfeeding.",
-     RAD_NM_THYROID, RAD_NM_THYROID, 0, RAD_REVIEW, PG},
+     RAD_NM_THYROID, RAD_NM_THYROID, PG, RAD_REVIEW, PG},
+    // a radiotracer reaches a pregnancy wherever the field is: unknown status in a woman of 12-50 gets the flag
+    {"42F RUQ pain, ?acalculous cholecystitis. hCG neg.", "42F RUQ pain, ?acalculous cholecystitis.", RAD_NM_HIDA,
+     RAD_NM_HIDA, 0, RAD_NM_HIDA, PG},
+    {"62F chest pain, stress test.", "38F chest pain, stress test.", RAD_NM_MPI, RAD_NM_MPI, 0, RAD_NM_MPI, PG},
     // implants (G8), removal and negation
     {"40M memory loss, dementia workup.", "40M memory loss, dementia workup. PPM.", RAD_MR_BRAIN, RAD_MR_BRAIN, 0,
      RAD_CT_HEAD, MS},
@@ -547,6 +551,24 @@ static void test_regeneration(void) {
     tu_check(same, "regenerate_bytes", "build/radgen --seed 7 --out data/ differs from the committed %s",
              which >= 0 ? names[which] : "?");
     tu_check(badwords == 0, "generated_word_counts", "%d notes outside 8..150 words", badwords);
+    // --train N: train.jsonl gets N notes; val, test and the sample orders stay byte for byte
+    rg_train_count = 500;
+    for (int k = 0; k < 4; k++) s.fp[k] = fopen(tmp[k], "wb");
+    if (s.fp[0] && s.fp[1] && s.fp[2] && s.fp[3]) generate(7, to_tmp, &s);
+    rg_train_count = 3000;
+    int lines = 0;
+    for (int k = 0; k < 4; k++) if (s.fp[k]) fclose(s.fp[k]);
+    same = 1;
+    for (int k = 0; k < 4; k++) {
+        size_t la, lb;
+        char *a = read_file(tmp[k], &la), *b = read_file(ref[k], &lb);
+        if (k == 0)
+            for (size_t i = 0; a && i < la; i++) lines += a[i] == '\n';
+        else if (!a || !b || la != lb || memcmp(a, b, la) != 0) same = 0;
+        free(a);
+        free(b);
+    }
+    tu_check(same && lines == 500, "radgen_train_count", "train lines %d (want 500), other splits same %d", lines, same);
 }
 
 static void test_dev(void) {
