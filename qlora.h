@@ -3189,19 +3189,20 @@ static int qlora__gemv_ok(const qlora_nf4 *w, int64_t M) {
 // Fused GEMV entry points (1 <= M <= QLORA__GEMV_M, qlora__gemv_ok). Return 0 on NOMEM.
 // Work is cut into pieces fixed by the shape alone and handed out dynamically, so a thread that
 // the OS pauses does not hold up the others, and results still do not depend on the thread count.
-// Forward pieces hold at least QLORA__GEMV_PIECE bytes of codes: two threads that take turns on
-// 32 KB pieces read DRAM at about 23 GB/s on the development machine, against 32-38 GB/s with
-// 256 KB pieces (the hardware prefetcher restarts at each jump). Each output row is one dot product,
-// so the pieces do not change any result.
+// Forward pieces hold QLORA__GEMV_PIECE bytes of codes, or a quarter of W when that is less (a W
+// that fits the caches still spreads over the threads): two threads that take turns on 32 KB pieces
+// read DRAM at about 23 GB/s on the development machine, against 32-38 GB/s with 256 KB pieces (the
+// hardware prefetcher restarts at each jump). Each output row is one dot product, so the pieces do
+// not change any result.
 #define QLORA__GEMV_PIECE  (256 * 1024)
 #define QLORA__GEMV_BLOCKS 8        // backward: W is cut into at most this many row blocks
 
 static int qlora__nf4_gemv_forward(float *y, const float *x, const qlora_nf4 *w, int64_t M, int bf16) {
     const int64_t N = w->rows, K = w->cols;
-    const int64_t rows = qlora__min64(N, (QLORA__GEMV_PIECE + K / 2 - 1) / (K / 2 > 0 ? K / 2 : 1));
+    const int64_t by_bytes = (QLORA__GEMV_PIECE + K / 2 - 1) / (K / 2 > 0 ? K / 2 : 1);
+    const int64_t rows = qlora__min64(by_bytes, (N + 3) / 4 > 0 ? (N + 3) / 4 : 1);
     const int64_t npieces = (N + rows - 1) / rows;
     const int par = N * K >= 65536;
-    (void)K;
     (void)par;
 #if defined(QLORA__AVX512BF16)
     if (bf16) {
