@@ -21,10 +21,12 @@
 // 2. FACTS (rad_facts). Matching is ASCII case-insensitive, on word boundaries, and a cue is skipped when a
 //    negation governs it ("no", "not", "denies", "without", "negative for" ... before it, in the same clause and,
 //    except for list negators such as "denies", before the next comma; "neg", "negative", "removed", "resolved",
-//    "none" right after it). List negators never cross a comma for facts that add risk (implants, dialysis, AKI,
-//    CKD, anticoagulants, pregnancy and pregnancy tests, renal risk factors): "no h/o contrast reaction, AICD" keeps
-//    the AICD and "no prior reaction to contrast, hCG positive" the positive test, since a
-//    wrong negation would hide a contraindication. "->" between numbers is an arrow, not "greater than".
+//    "none" right after it). List negators never cross a comma for facts that add risk (implants and their
+//    MR-conditional qualifier, contrast reactions, dialysis, AKI, CKD, anticoagulants, pregnancy and pregnancy tests,
+//    renal risk factors): "no h/o contrast reaction, AICD" keeps the AICD, "no prior reaction to contrast, hCG
+//    positive" the positive test and "denies fever, IV contrast allergy (hives)" the reaction, since a wrong
+//    negation would hide a contraindication (a missed one costs a flag). "->" between numbers is an arrow, not
+//    "greater than".
 //    Decisions on ambiguous wording:
 //    - eGFR: "eGFR 28", "GFR<30" (stored as 29.9), "eGFR >60" (61), "CrCl 25" (used as eGFR). The last value
 //      written wins ("eGFR 45 -> 22" gives 22). "EGFR mutation" has no number after it and is ignored.
@@ -1024,9 +1026,9 @@ static int rad__pre_negated_scope(const rad__doc *d, int k, int allow_list) {
     return 0;
 }
 static int rad__pre_negated(const rad__doc *d, int k) { return rad__pre_negated_scope(d, k, 1); }
-// Facts that add risk (devices, dialysis, kidney injury, anticoagulants, pregnancy, renal risk factors) are not negated across a comma even by a
-// list negator: "no h/o contrast reaction, AICD" keeps the AICD. A missed negation only costs a flag; a wrong one
-// would hide a contraindication.
+// Facts that add risk (devices, contrast reactions, dialysis, kidney injury, anticoagulants, pregnancy, renal risk
+// factors) are not negated across a comma even by a list negator: "no h/o contrast reaction, AICD" keeps the AICD.
+// A missed negation only costs a flag; a wrong one would hide a contraindication.
 static int rad__negated_local(const rad__doc *d, int k) {
     return rad__pre_negated_scope(d, k, 0) || rad__post_negated(d, k, 0);
 }
@@ -1308,7 +1310,10 @@ static void rad__reactions(const rad__doc *d, rad_facts *f) {
         int cls = c->kind == RAD__K_GAD ? RAD_CLASS_GAD : RAD_CLASS_IOD;
         int a, b;
         rad__item_bounds(d, c->start, &a, &b);
-        int contrast_neg = rad__pre_negated(d, k);
+        // A list negator stops at a comma here, as for the other facts that add risk: "denies pregnancy, severe
+        // reaction to CT contrast" keeps the reaction. A missed negation costs a flag; a wrong one would hide a
+        // contraindication.
+        int contrast_neg = rad__pre_negated_scope(d, k, 0);
         int sev = 0, found = 0, neg_pair = 0;
         for (int j = 0; j < d->nhits; j++) {
             const rad__hit *r = &d->hits[j];
@@ -1320,7 +1325,7 @@ static void rad__reactions(const rad__doc *d, rad_facts *f) {
                 if (kk == RAD__K_ALLERGEN || kk == RAD__K_DISTRACT) blocked = 1;
             }
             if (blocked) continue;
-            int rneg = rad__pre_negated(d, j) || rad__post_negated(d, j, RAD__BIT(RAD__K_IOD) |
+            int rneg = rad__pre_negated_scope(d, j, 0) || rad__post_negated(d, j, RAD__BIT(RAD__K_IOD) |
                                                                        RAD__BIT(RAD__K_GAD) |
                                                                        RAD__BIT(RAD__K_CONTRAST));
             if (rneg || contrast_neg) { neg_pair = 1; continue; }
@@ -1812,8 +1817,9 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
                         (g->kind == RAD__K_DEVICE || g->kind == RAD__K_DEVICE_UNSAFE))
                         break;
                     if (g->kind == RAD__K_MRUNSAFE) { st = RAD_IMPLANT_UNSAFE; break; }
-                    if (g->kind == RAD__K_MRCOND) { st = rad__pre_negated(d, j) ? RAD_IMPLANT_UNSAFE
-                                                                                : RAD_IMPLANT_CONDITIONAL; break; }
+                    if (g->kind == RAD__K_MRCOND) { st = rad__pre_negated_scope(d, j, 0) ? RAD_IMPLANT_UNSAFE
+                                                                                         : RAD_IMPLANT_CONDITIONAL;
+                                                    break; }
                 }
                 for (int j = k - 1; j >= 0 && st == RAD_IMPLANT_UNKNOWN; j--) {
                     const rad__hit *g = &d->hits[j];
@@ -1822,8 +1828,9 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
                         (g->kind == RAD__K_DEVICE || g->kind == RAD__K_DEVICE_UNSAFE))
                         break;
                     if (g->kind == RAD__K_MRUNSAFE) st = RAD_IMPLANT_UNSAFE;
-                    else if (g->kind == RAD__K_MRCOND)
-                        st = rad__pre_negated(d, j) ? RAD_IMPLANT_UNSAFE : RAD_IMPLANT_CONDITIONAL;
+                    else if (g->kind == RAD__K_MRCOND)   // "not MR conditional" negates it; "no allergy, MR
+                        // conditional ICD" does not: a list negator stops at the comma here
+                        st = rad__pre_negated_scope(d, j, 0) ? RAD_IMPLANT_UNSAFE : RAD_IMPLANT_CONDITIONAL;
                 }
             }
             f->implant_kinds |= h->val;

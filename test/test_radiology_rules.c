@@ -110,6 +110,17 @@ static const mpair pairs[] = {
     {"40M memory loss. ICD-10 G30.9.", "40M memory loss. ICD in situ.", RAD_MR_BRAIN, RAD_MR_BRAIN, 0, RAD_CT_HEAD, MS},
     {"40M memory loss. no h/o contrast reaction.", "40M memory loss. no h/o contrast reaction, AICD.", RAD_MR_BRAIN,
      RAD_MR_BRAIN, 0, RAD_CT_HEAD, MS},
+    // a list negator does not reach a contrast reaction across a comma (found by radgen --check on seeds 2 and 4)
+    {"45M RLQ pain, ?appy. denies pregnancy, no reaction to IV contrast.",
+     "45M RLQ pain, ?appy. denies fever, IV contrast allergy (hives).", RAD_CT_AP_IV, RAD_CT_AP_IV, 0, RAD_CT_AP_IV,
+     CR},
+    {"50M lung mass, staging. no chest pain, no CT contrast reaction.",
+     "50M lung mass, staging. denies chest pain, DBS, severe reaction to CT contrast (laryngeal edema).",
+     RAD_CT_CHEST_IV, RAD_CT_CHEST_IV, 0, RAD_CT_CHEST, CR},
+    // a list negator stops at the comma before an MR-conditional qualifier; "not MR conditional" still negates it
+    {"40M memory loss. no known contrast allergy, MRI conditional ICD.",
+     "40M memory loss. no known contrast allergy, ICD not MRI conditional.", RAD_MR_BRAIN, RAD_MR_BRAIN, MS,
+     RAD_CT_HEAD, MS},
     {"40M aneurysm screening. PPM.", "40M aneurysm screening. PPM. eGFR 20.", RAD_MRA_HEAD, RAD_CTA_HEAD_NECK, MS,
      RAD_REVIEW, MS | CR},
     {"40M knee locking, ?meniscal tear.", "40M knee locking, ?meniscal tear. cochlear implant.", RAD_MR_KNEE,
