@@ -1249,21 +1249,6 @@ static int generate(unsigned long long seed, rg_sink sink, void *ctx) {
     return bad;
 }
 
-#ifndef RADGEN_NO_MAIN
-
-typedef struct file_sink { FILE *fp[4]; } file_sink;
-static int split_index(const char *name) {
-    if (!strcmp(name, "train")) return 0;
-    if (!strcmp(name, "val")) return 1;
-    if (!strcmp(name, "test")) return 2;
-    return 3;
-}
-static void to_files(void *ctx, const char *split, const rg_rec *rc) {
-    file_sink *s = (file_sink *)ctx;
-    int k = split_index(split);
-    write_record(s->fp[k], rc, k < 3);
-}
-
 // --check: extract the facts back from the text and compare the check's answer with the gold one.
 typedef struct check_sink { int n, bad, per_label[RAD_NUM_LABELS]; } check_sink;
 static void to_check(void *ctx, const char *split, const rg_rec *rc) {
@@ -1286,6 +1271,21 @@ static void to_check(void *ctx, const char *split, const rg_rec *rc) {
                 f.implant, g->anticoag, f.anticoag, g->renal_risk, f.renal_risk, g->rule_negative, f.rule_negative,
                 g->context, f.context);
     }
+}
+
+#ifndef RADGEN_NO_MAIN
+
+typedef struct file_sink { FILE *fp[4]; } file_sink;
+static int split_index(const char *name) {
+    if (!strcmp(name, "train")) return 0;
+    if (!strcmp(name, "val")) return 1;
+    if (!strcmp(name, "test")) return 2;
+    return 3;
+}
+static void to_files(void *ctx, const char *split, const rg_rec *rc) {
+    file_sink *s = (file_sink *)ctx;
+    int k = split_index(split);
+    write_record(s->fp[k], rc, k < 3);
 }
 
 // --corpus N: plain clinical text, one paragraph a line: order notes (the 8 original train styles only, so the
