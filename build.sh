@@ -439,8 +439,10 @@ run_cached() {
     return 1
 }
 
-compile() {  # CC FLAGS SRC OBJ
-    run_cached "$4" "$1 $2 -c $3 -o $4" "$3" "${HDRS[@]}"
+compile() {  # CC FLAGS SRC OBJ (deps: SRC, every header, and the .c files SRC includes, e.g. demo/radgen.c)
+    local inc=()
+    while IFS= read -r f; do [ -f "$f" ] && inc+=("$f"); done < <(sed -n 's/^#include "\(.*\.c\)".*/\1/p' "$3")
+    run_cached "$4" "$1 $2 -c $3 -o $4" "$3" ${inc[@]+"${inc[@]}"} "${HDRS[@]}"
 }
 link() {     # CC OUT LIBS OBJ...
     local cc=$1 out=$2 libs=$3
