@@ -559,8 +559,10 @@ enum {
 #define RAD__NEG_POST 2u                // negates the cue right before it
 #define RAD__NEG_LIST 4u                // its scope crosses commas ("denies A, B, C")
 
-// Pattern flag: a digit may follow directly ("cr2.1", "ckd4", "egfr25").
+// Pattern flags: a digit may follow directly ("cr2.1", "ckd4", "egfr25"); the pattern's spaces do not cross a line
+// break ("has an ICD\ncode status: full" is a device, not an "ICD code").
 #define RAD__P_DIGIT 1u
+#define RAD__P_LINE  2u
 
 typedef struct rad__cue {
     const char    *pat;
@@ -574,7 +576,7 @@ typedef struct rad__cue {
 #define RAD__LIST RAD__NEG_LIST
 static const rad__cue rad__cues[] = {
     // not cues
-    {"icd_10*", RAD__K_IGNORE, 0, 0}, {"icd_9*", RAD__K_IGNORE, 0, 0}, {"icd code*", RAD__K_IGNORE, 0, 0},
+    {"icd_10*", RAD__K_IGNORE, 0, 0}, {"icd_9*", RAD__K_IGNORE, 0, 0}, {"icd code*", RAD__K_IGNORE, RAD__P_LINE, 0},
     {"icd_10_cm", RAD__K_IGNORE, 0, 0}, {"hd#", RAD__K_IGNORE, 0, 0}, {"hd #", RAD__K_IGNORE, 0, 0},
     {"hd day", RAD__K_IGNORE, 0, 0}, {"hd stable", RAD__K_IGNORE, 0, 0},
     {"hd unstable", RAD__K_IGNORE, 0, 0}, {"hds", RAD__K_IGNORE, 0, 0}, {"egfr mutation*", RAD__K_IGNORE, 0, 0}, {"egfr mutant", RAD__K_IGNORE, 0, 0},
@@ -892,7 +894,10 @@ static size_t rad__match(const char *s, size_t n, size_t i, const char *p, unsig
         if (*p == '*' && p[1] == 0) return j > i ? j : 0;     // prefix pattern: no boundary check
         if (*p == ' ' || *p == '_') {
             size_t k = j;
-            while (k < n && rad__sep((unsigned char)s[k])) k++;
+            while (k < n && rad__sep((unsigned char)s[k])) {
+                if ((flags & RAD__P_LINE) && (s[k] == '\n' || s[k] == '\r')) return 0;
+                k++;
+            }
             if (*p == ' ' && k == j) return 0;
             j = k;
             continue;
@@ -1782,8 +1787,8 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
             if (wk >= 5.0f) preg_weak = 1;
             break;
         }
-        case RAD__K_BREASTFEED:
-            if (!rad__negated(d, k)) f->breastfeeding = 1;
+        case RAD__K_BREASTFEED:   // adds risk: a list negator does not reach it across a comma
+            if (!rad__negated_local(d, k)) f->breastfeeding = 1;
             break;
         case RAD__K_DEVICE:
         case RAD__K_DEVICE_UNSAFE: {

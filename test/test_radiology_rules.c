@@ -117,6 +117,12 @@ static const mpair pairs[] = {
     {"50M lung mass, staging. no chest pain, no CT contrast reaction.",
      "50M lung mass, staging. denies chest pain, DBS, severe reaction to CT contrast (laryngeal edema).",
      RAD_CT_CHEST_IV, RAD_CT_CHEST_IV, 0, RAD_CT_CHEST, CR},
+    // nor breastfeeding (radgen --check, seed 231); and an "ICD code" does not span a line break (seeds 46, 103, 139)
+    {"30F hyperthyroidism, pre-RAI dosing. denies pregnancy, not breastfeeding.",
+     "30F hyperthyroidism, pre-RAI dosing. denies pregnancy, breastfeeding.", RAD_NM_THYROID, RAD_NM_THYROID, 0,
+     RAD_REVIEW, PG},
+    {"40M memory loss.\nICD code G30.9\ncode status: full", "40M memory loss.\n4. has an ICD\ncode status: full",
+     RAD_MR_BRAIN, RAD_MR_BRAIN, 0, RAD_CT_HEAD, MS},
     // a list negator stops at the comma before an MR-conditional qualifier; "not MR conditional" still negates it
     {"40M memory loss. no known contrast allergy, MRI conditional ICD.",
      "40M memory loss. no known contrast allergy, ICD not MRI conditional.", RAD_MR_BRAIN, RAD_MR_BRAIN, MS,
@@ -583,7 +589,8 @@ static void test_regeneration(void) {
 }
 
 // The generator's gold against extraction + rules on other seeds than the committed one: other notes, other
-// orders of the facts (seeds 2 and 4 once found a list negator that reached a contrast reaction across commas).
+// orders of the facts (seeds 2 and 4 once found a list negator that reached a contrast reaction across commas;
+// seeds 46-291 an "ICD code" across a line break and a negated breastfeeding: `radgen --check` agrees on 1-400).
 static void test_other_seeds(void) {
     const int nseeds = getenv("QLORA_TEST_QUICK") ? 4 : 9;
     int bad = 0, n = 0, first = 0;
