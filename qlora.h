@@ -2218,6 +2218,14 @@ static inline float qlora__bf16_round(float v) {
     return v;
 }
 
+// The 16 bits of bf16(v) (the upper half of qlora__bf16_round(v)).
+static inline uint16_t qlora__bf16_bits(float v) {
+    const float r = qlora__bf16_round(v);
+    uint32_t u;
+    memcpy(&u, &r, sizeof u);
+    return (uint16_t)(u >> 16);
+}
+
 // QLORA_COMPUTE_BF16 (its specification): y (M, N) = X·Wᵀ with y[m][n] = Σ_b s_b · Σ_{k in b}
 // bf16(code_k) · bf16(x[m][k]): the products are exact in fp32 and summed in fp32 per block b (the
 // part of NF4 block b that lies in row n), then scaled by the block's fp32 scale s_b.
@@ -2942,12 +2950,7 @@ QLORA__FORCEINLINE void qlora__gemv_fwd_rows(float *y, const float *xs, const ql
 static void qlora__b4_permute(uint16_t *dst, const float *src, int64_t len) {
     for (int64_t g = 0; g < len; g += 128)
         for (int t = 0; t < 4; t++)
-            for (int j = 0; j < 32; j++) {
-                const float v = qlora__bf16_round(src[g + 4 * j + (t ^ 1)]);
-                uint32_t u;
-                memcpy(&u, &v, sizeof u);
-                dst[g + 32 * t + j] = (uint16_t)(u >> 16);
-            }
+            for (int j = 0; j < 32; j++) dst[g + 32 * t + j] = qlora__bf16_bits(src[g + 4 * j + (t ^ 1)]);
 }
 
 // y[m][n] for rows n in [n0, n1): xb (MM, K) as above; cbw (32) the bf16 codebook twice.
@@ -3207,12 +3210,7 @@ static int qlora__nf4_gemv_forward(float *y, const float *x, const qlora_nf4 *w,
 #if defined(QLORA__AVX512BF16)
     if (bf16) {
         uint16_t cbw[32];
-        for (int i = 0; i < 32; i++) {
-            const float v = qlora__bf16_round(qlora__nf4_code[i & 15]);
-            uint32_t u;
-            memcpy(&u, &v, sizeof u);
-            cbw[i] = (uint16_t)(u >> 16);
-        }
+        for (int i = 0; i < 32; i++) cbw[i] = qlora__bf16_bits(qlora__nf4_code[i & 15]);
         uint16_t *xb = (uint16_t *)qlora__alloc(M * K * (int64_t)sizeof(uint16_t));
         if (!xb) return 0;
         for (int64_t m = 0; m < M; m++) qlora__b4_permute(xb + m * K, x + m * K, K);
@@ -3229,30 +3227,25 @@ static int qlora__nf4_gemv_forward(float *y, const float *x, const qlora_nf4 *w,
     float code[16];
     for (int i = 0; i < 16; i++) code[i] = bf16 ? qlora__bf16_round(qlora__nf4_code[i]) : qlora__nf4_code[i];
     const float *cb = bf16 ? code : qlora__nf4_code;
-#if QLORA__G8_LANES
-    float *xs = (float *)qlora__alloc(M * K * (int64_t)sizeof(float));
-    if (!xs) return 0;
-    for (int64_t m = 0; m < M; m++) qlora__g8_permute(xs + m * K, x + m * K, K);
-    if (bf16)
-        for (int64_t i = 0; i < M * K; i++) xs[i] = qlora__bf16_round(xs[i]);
-#else
+    // x as the kernels read it: permuted to G8 order (AVX-512 / AVX2) and/or rounded to bf16, else x itself
     float *xs = NULL;
-    if (bf16) {
+    if (QLORA__G8_LANES || bf16) {
         xs = (float *)qlora__alloc(M * K * (int64_t)sizeof(float));
         if (!xs) return 0;
-        for (int64_t i = 0; i < M * K; i++) xs[i] = qlora__bf16_round(x[i]);
-    }
-    const float *xin = bf16 ? xs : x;
+#if QLORA__G8_LANES
+        for (int64_t m = 0; m < M; m++) qlora__g8_permute(xs + m * K, x + m * K, K);
+#else
+        memcpy(xs, x, (size_t)(M * K) * sizeof(float));
 #endif
+        if (bf16)
+            for (int64_t i = 0; i < M * K; i++) xs[i] = qlora__bf16_round(xs[i]);
+    }
+    const float *xin = xs ? xs : x;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) if (par)
 #endif
     for (int64_t i = 0; i < npieces; i++)
-#if QLORA__G8_LANES
-        qlora__gemv_fwd_fn[M - 1](y, xs, w, cb, i * rows, qlora__min64(N, (i + 1) * rows));
-#else
         qlora__gemv_fwd_fn[M - 1](y, xin, w, cb, i * rows, qlora__min64(N, (i + 1) * rows));
-#endif
     QLORA_FREE(xs);
     return 1;
 }
