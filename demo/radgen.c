@@ -1143,7 +1143,7 @@ static void write_record(FILE *fp, const rg_rec *rc, int labeled) {
 
 typedef struct rg_split { const char *name; int count; int split; } rg_split;
 static const rg_split rg_splits[] = {{"train", 3000, 0}, {"val", 400, 1}, {"test", 600, 2}};
-static int rg_train_count = 3000;   // --train N (its own stream: val, test and samples do not change)
+static int rg_train_override;   // --train N (0: the table's count); its own stream: val, test, samples stay
 
 static int styles_of(int split, int *out) {
     int k = 0;
@@ -1217,14 +1217,15 @@ static int generate(unsigned long long seed, rg_sink sink, void *ctx) {
         int turn = 0, have[RAD_NUM_LABELS];
         memset(have, 0, sizeof have);
         rg_seed(&r, seed * 1000003ull + sp);
-        const int count = rg_splits[sp].split == 0 ? rg_train_count : rg_splits[sp].count;
+        const int train = rg_splits[sp].split == 0;
+        const int count = train && rg_train_override > 0 ? rg_train_override : rg_splits[sp].count;
         for (int i = 0; i < count; i++) {
             if (rg_splits[sp].split == 2 && i == 0) {
                 seed_record(&rc);
             } else {
-                int want = rg_splits[sp].split == 0 && i >= count * 4 / 5 ? train_deficit(have) : -1;
+                int want = train && i >= count * 4 / 5 ? train_deficit(have) : -1;
                 const rg_scen *sc = want >= 0 ? pick_label(&r, want) : pick_scenario(&r, &turn);
-                make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], rg_splits[sp].split == 0, &rc);
+                make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], train, &rc);
                 snprintf(rc.id, sizeof rc.id, "%s-%04d", rg_splits[sp].name, i);
             }
             int w = word_count(rc.note.s);
@@ -1403,7 +1404,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--corpus") && i + 1 < argc) corpus_n = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--train") && i + 1 < argc) rg_train_count = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--train") && i + 1 < argc) {
+            rg_train_override = atoi(argv[++i]);
+            if (rg_train_override < 1) { fprintf(stderr, "radgen: --train needs a count of at least 1\n"); return 2; }
+        }
         else if (!strcmp(argv[i], "--check")) check = 1;
         else { fprintf(stderr, "radgen: unknown argument %d\n", i); usage(stderr); return 2; }
     }

@@ -569,10 +569,10 @@ static void test_regeneration(void) {
              which >= 0 ? names[which] : "?");
     tu_check(badwords == 0, "generated_word_counts", "%d notes outside 8..150 words", badwords);
     // --train N: train.jsonl gets N notes; val, test and the sample orders stay byte for byte
-    rg_train_count = 500;
+    rg_train_override = 500;
     for (int k = 0; k < 4; k++) s.fp[k] = fopen(tmp[k], "wb");
     if (s.fp[0] && s.fp[1] && s.fp[2] && s.fp[3]) generate(7, to_tmp, &s);
-    rg_train_count = 3000;
+    rg_train_override = 0;
     int lines = 0;
     for (int k = 0; k < 4; k++) if (s.fp[k]) fclose(s.fp[k]);
     same = 1;
