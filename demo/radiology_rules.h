@@ -1749,7 +1749,7 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
                 break;
             }
             // a negative test lowers the risk: list negators ("no prior ...") do not reach it across a comma
-            if (rad__pre_negated_scope(d, k, 0) || rad__post_negated(d, k, 0)) { preg_neg = 1; break; }
+            if (rad__negated_local(d, k)) { preg_neg = 1; break; }
             size_t e = (size_t)h->end;
             while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '(' || s[e] == ')')) e++;
             if (e < n && s[e] == '+') { preg_strong = 1; break; }
