@@ -2110,7 +2110,9 @@ QLORADEF size_t qlora_nf4_bytes(const qlora_nf4 *w) {
 //           copy of W); in a portable-C build, BLAS for M > 8 when built with it and its core suits
 //           this CPU (qlora_cpu_info_get().blas_trusted). qlora_sgemm's AUTO uses cblas whenever
 //           that core is trusted, else the own GEMM; but M <= 8 rows against a transposed B
-//           (decoding: lm_head, LoRA) go to own dot products, AUTO and SIMD alike.
+//           (decoding: lm_head, LoRA) go to own dot products, and with AVX-512 LoRA's rank-r
+//           shapes (N or K <= 64, or a transposed A of <= 64 rows) to an unpacked narrow kernel,
+//           AUTO and SIMD alike.
 //   With OpenMP, link OpenBLAS' OpenMP build (build.sh does): its sgemm then runs on the same
 //   thread team as these kernels. The pthread build keeps a second pool whose threads spin
 //   against the OpenMP threads between calls.
@@ -3621,6 +3623,108 @@ static void qlora__sgemm_small_bt(int64_t M, int64_t N, int64_t K, float alpha, 
     }
 }
 
+// Narrow GEMM, the rank-r shapes of LoRA: C (M, N) (+)= alpha·A(i, k)·Bk(k, n) when one of N, K is at most
+// QLORA__NARROW (x·Aᵀ, s·dy·B, xa·Bᵀ, g·A), or A is transposed with at most QLORA__NARROW rows (gᵀ·x,
+// dyᵀ·xa). A packed GEMM wastes most of its work there: its 12 x 32 register tile is half padding at
+// N = 16, and packing copies the wide operand for a reduction of 16. Here nothing is packed; a register
+// tile of MR rows x 16·NV columns of C runs the whole reduction (k ascending) with Bk(k, ·) as the vector
+// operand and A(i, k) broadcast, so every C element is one thread's fixed-order sum (thread-count
+// independent). A transposed B is first copied to Bk (K, N). AVX-512 only; elsewhere qlora_sgemm keeps
+// its other paths. The specification is qlora__sgemm_ref.
+#define QLORA__NARROW 64
+#if defined(__GNUC__) || defined(__clang__)
+#define QLORA__SGEMM_UNROLL _Pragma("GCC unroll 16")   // unrolls a register tile's fixed-trip loops
+#else
+#define QLORA__SGEMM_UNROLL
+#endif
+#if defined(QLORA__AVX512)
+// One tile: C (mr, nr) (+)= alpha·Σ_k A(i, k)·Bk(k, n), A(i, k) = a[i·a_rs + k·a_cs], Bk(k, n) = b[k·ldb + n].
+// MR ≤ 16 and NV ≤ 3 are constants at every call, so the accumulators stay in registers. Rows past mr
+// repeat row mr-1 (read, never stored); columns past nr are masked.
+QLORA__FORCEINLINE void qlora__narrow_tile(const int MR, const int NV, int64_t K, const float *a, int64_t a_rs,
+                                           int64_t a_cs, const float *b, int64_t ldb, float alpha, float *c,
+                                           int64_t ldc, int mr, int nr, int add) {
+    __m512 acc[16][3];
+    __mmask16 mask[3];
+    const float *arow[16];
+    QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) {
+        const int n = nr - 16 * v;
+        mask[v] = (__mmask16)(n >= 16 ? 0xFFFF : n > 0 ? (1u << n) - 1 : 0);
+    }
+    QLORA__SGEMM_UNROLL for (int i = 0; i < MR; i++) {
+        arow[i] = a + (int64_t)(i < mr ? i : mr - 1) * a_rs;
+        QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        __m512 bv[3];
+        QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) bv[v] = _mm512_maskz_loadu_ps(mask[v], b + k * ldb + 16 * v);
+        QLORA__SGEMM_UNROLL for (int i = 0; i < MR; i++) {
+            const __m512 ai = _mm512_set1_ps(arow[i][k * a_cs]);
+            QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+        }
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    QLORA__SGEMM_UNROLL for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
+        float *cr = c + (int64_t)i * ldc;
+        QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) {
+            __m512 r = _mm512_mul_ps(va, acc[i][v]);
+            if (add) r = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], cr + 16 * v), r);
+            _mm512_mask_storeu_ps(cr + 16 * v, mask[v], r);
+        }
+    }
+}
+
+// All tiles of C (M, N). The tile is 16 x 16 for N ≤ 16 (8 x 16 when A is row-major: 16 rows of A
+// streamed at once missed L1 at K = 2048), 12 x 32 for N ≤ 32, else 8 x 48.
+static void qlora__narrow_run(int64_t M, int64_t N, int64_t K, const float *a, int64_t a_rs, int64_t a_cs,
+                              const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, int add) {
+    const int nv = N <= 16 ? 1 : N <= 32 ? 2 : 3;
+    const int mr = nv == 1 ? (a_cs == 1 ? 8 : 16) : nv == 2 ? 12 : 8;
+    const int64_t tm = (M + mr - 1) / mr, tn = (N + 16 * nv - 1) / (16 * nv);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (tm * tn > 1 && (double)M * (double)N * (double)K >= 1048576.0)
+#endif
+    for (int64_t t = 0; t < tm * tn; t++) {
+        const int64_t i0 = (t / tn) * mr, j0 = (t % tn) * 16 * nv;
+        const int rows = (int)qlora__min64(mr, M - i0), cols = (int)qlora__min64(16 * nv, N - j0);
+        const float *ai = a + i0 * a_rs, *bj = b + j0;
+        float *cij = c + i0 * ldc + j0;
+        if (nv == 1 && mr == 8) qlora__narrow_tile(8, 1, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+        else if (nv == 1) qlora__narrow_tile(16, 1, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+        else if (nv == 2) qlora__narrow_tile(12, 2, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+        else qlora__narrow_tile(8, 3, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+    }
+}
+#endif
+
+// qlora_sgemm's narrow path (arguments already validated). Returns 0 when it does not apply: not a narrow
+// shape, no AVX-512, or no memory for the copy of a transposed B (the caller then takes another path).
+static int qlora__sgemm_narrow(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                               const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                               int64_t ldc) {
+#if defined(QLORA__AVX512)
+    if (!(N <= QLORA__NARROW || K <= QLORA__NARROW || (trans_a && M <= QLORA__NARROW))) return 0;
+    float *bt = NULL;   // (K, N) = Bᵀ when B is given transposed
+    if (trans_b && K > 0) {
+        if ((double)K * (double)N > 16777216.0 || !(bt = (float *)qlora__alloc(K * N * 4))) return 0;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) bt[k * N + n] = B[n * ldb + k];
+    }
+    if (beta != 0.0f && beta != 1.0f)
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] *= beta;
+    qlora__narrow_run(M, N, K, A, trans_a ? 1 : lda, trans_a ? lda : 1, bt ? bt : B, bt ? N : ldb, alpha, C, ldc,
+                      beta != 0.0f);
+    QLORA_FREE(bt);
+    return 1;
+#else
+    (void)trans_a; (void)trans_b; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
+    (void)beta; (void)C; (void)ldc;
+    return 0;
+#endif
+}
+
 QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                           float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                           float beta, float *C, int64_t ldc) {
@@ -3639,8 +3743,13 @@ QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_
         qlora__sgemm_small_bt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
+    // LoRA's rank-r shapes: the narrow kernel (faster than cblas and the packed GEMM there)
+    if ((kernel == QLORA_KERNEL_AUTO || kernel == QLORA_KERNEL_SIMD) &&
+        qlora__sgemm_narrow(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+        return;
 #ifdef QLORA_USE_OPENBLAS
-    // AUTO: cblas whenever its core is trusted (it is faster on LoRA's thin rank-r shapes).
+    // AUTO: cblas whenever its core is trusted (without AVX-512 it is also faster than the packed GEMM on
+    // LoRA's thin rank-r shapes).
     if (qlora__use_blas(kernel, M, N, K > lda ? K : lda, ldb > ldc ? ldb : ldc)) {
         qlora__cblas(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

@@ -358,6 +358,19 @@ static void check_thread_independence(void) {
             sgemm_same_bits(QLORA_KERNEL_AUTO, sh[c].ta, sh[c].tb, sh[c].M, sh[c].N, sh[c].K, 1.0f, name);
         }
     }
+    // qlora_sgemm's narrow path (LoRA's rank-r shapes), tiles of C split over the threads.
+    {
+        static const struct { int64_t M, N, K; int ta, tb; } sh[] = {
+            { 301, 48, 500, 0, 1 }, { 48, 700, 600, 1, 0 }, { 700, 16, 300, 1, 0 }, { 500, 700, 16, 0, 1 },
+            { 400, 16, 900, 0, 0 }, { 300, 32, 257, 0, 1 },
+        };
+        for (int c = 0; c < 6; c++) {
+            char name[160];
+            snprintf(name, sizeof name, "sgemm narrow: bit-identical with 1, 2, 3 threads (M=%lld N=%lld K=%lld ta %d tb %d)",
+                     (long long)sh[c].M, (long long)sh[c].N, (long long)sh[c].K, sh[c].ta, sh[c].tb);
+            sgemm_same_bits(QLORA_KERNEL_AUTO, sh[c].ta, sh[c].tb, sh[c].M, sh[c].N, sh[c].K, 1.0f, name);
+        }
+    }
     // qlora_sgemm's small-M path (decoding: a few rows against a transposed B), split by columns.
     sgemm_same_bits(QLORA_KERNEL_AUTO, 0, 1, 3, 1000, 701, 0.0f,
                     "sgemm small M, B transposed: bit-identical with 1, 2, 3 threads (M=3 N=1000 K=701)");
@@ -371,9 +384,10 @@ static void check_thread_independence(void) {
 static void check_sgemm(void) {
     static const struct { int64_t M, N, K; } cases[] = {
         { 1, 1, 1 }, { 17, 33, 9 }, { 64, 16, 256 }, { 64, 256, 16 }, { 16, 300, 64 }, { 5, 7, 0 }, { 1600, 40, 40 },
+        { 203, 48, 300 }, { 70, 16, 1000 }, { 45, 130, 65 },   // the narrow kernel's three tiles, and beside it
     };
     static const float ab[4][2] = { { 1.0f, 0.0f }, { 0.5f, 1.0f }, { -1.5f, -0.5f }, { 2.0f, 0.0f } };
-    const int ncases = quick ? 5 : 7;
+    const int ncases = quick ? 5 : (int)(sizeof cases / sizeof cases[0]);
     for (int c = 0; c < ncases; c++) {
         const int64_t M = cases[c].M, N = cases[c].N, K = cases[c].K;
         for (int ta = 0; ta < 2; ta++)
