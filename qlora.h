@@ -1008,6 +1008,7 @@ typedef struct qlora_train_state {
     float            *lnf;            // (M, C) rmsnorm_final(resid[L]); the model's last hidden state
     float            *rstdf;          // (M)
     float            *logits;         // (M, V)
+    float            *lse;            // (M) logsumexp of each counted row of logits (for the loss's backward)
     qlora_llama_acts *acts;           // (n_acts)
     qlora_rng        *rng_saved;      // (L, 7) adapter RNG states before each layer's forward
     // backward scratch
@@ -2145,10 +2146,13 @@ QLORADEF size_t qlora_nf4_bytes(const qlora_nf4 *w) {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define QLORA__FORCEINLINE static inline __attribute__((always_inline))
+#define QLORA__NOINLINE __attribute__((noinline))
 #elif defined(_MSC_VER)
 #define QLORA__FORCEINLINE static __forceinline
+#define QLORA__NOINLINE __declspec(noinline)
 #else
 #define QLORA__FORCEINLINE static inline
+#define QLORA__NOINLINE
 #endif
 
 // Full unrolling of the short loops over the rows of X in the GEMV kernels, so their accumulators
@@ -3632,55 +3636,83 @@ static void qlora__sgemm_small_bt(int64_t M, int64_t N, int64_t K, float alpha, 
 // independent). A transposed B is first copied to Bk (K, N). AVX-512 only; elsewhere qlora_sgemm keeps
 // its other paths. The specification is qlora__sgemm_ref.
 #define QLORA__NARROW 64
-#if defined(__GNUC__) || defined(__clang__)
-#define QLORA__SGEMM_UNROLL _Pragma("GCC unroll 16")   // unrolls a register tile's fixed-trip loops
-#else
-#define QLORA__SGEMM_UNROLL
-#endif
 #if defined(QLORA__AVX512)
 // One tile: C (mr, nr) (+)= alpha·Σ_k A(i, k)·Bk(k, n), A(i, k) = a[i·a_rs + k·a_cs], Bk(k, n) = b[k·ldb + n].
-// MR ≤ 16 and NV ≤ 3 are constants at every call, so the accumulators stay in registers. Rows past mr
-// repeat row mr-1 (read, never stored); columns past nr are masked.
+// MR ≤ 12 and NV ≤ 3 are constants in each shape function below, so the tests on them fold away and the
+// accumulators c<row><vector> are registers. Rows past mr repeat row mr-1 (read, never stored); columns
+// past nr are masked. (Written out per row: loops over accumulator arrays need an unroll pragma, which
+// tripled the compile time of clang's sanitizer builds.)
 QLORA__FORCEINLINE void qlora__narrow_tile(const int MR, const int NV, int64_t K, const float *a, int64_t a_rs,
                                            int64_t a_cs, const float *b, int64_t ldb, float alpha, float *c,
                                            int64_t ldc, int mr, int nr, int add) {
-    __m512 acc[16][3];
-    __mmask16 mask[3];
-    const float *arow[16];
-    QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) {
-        const int n = nr - 16 * v;
-        mask[v] = (__mmask16)(n >= 16 ? 0xFFFF : n > 0 ? (1u << n) - 1 : 0);
+    const __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    const __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
+    const __mmask16 m2 = (__mmask16)(nr >= 48 ? 0xFFFF : nr > 32 ? (1u << (nr - 32)) - 1 : 0);
+#define QLORA__NW_DECL(i)                                                          \
+    const float *a##i = a + (int64_t)(i < mr ? i : mr - 1) * a_rs;                 \
+    __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0, c##i##2 = c##i##0;
+#define QLORA__NW_FMA(i)                                                           \
+    if (i < MR) {                                                                  \
+        const __m512 ai = _mm512_set1_ps(a##i[k * a_cs]);                          \
+        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);                                \
+        if (NV > 1) c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);                    \
+        if (NV > 2) c##i##2 = _mm512_fmadd_ps(ai, b2, c##i##2);                    \
     }
-    QLORA__SGEMM_UNROLL for (int i = 0; i < MR; i++) {
-        arow[i] = a + (int64_t)(i < mr ? i : mr - 1) * a_rs;
-        QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps();
+#define QLORA__NW_STORE1(i, v, m)                                                  \
+    {                                                                              \
+        __m512 r = _mm512_mul_ps(va, c##i##v);                                     \
+        if (add) r = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + 16 * v), r);      \
+        _mm512_mask_storeu_ps(cr + 16 * v, m, r);                                  \
     }
+#define QLORA__NW_STORE(i)                                                         \
+    if (i < MR && i < mr) {                                                        \
+        float *cr = c + (int64_t)i * ldc;                                          \
+        QLORA__NW_STORE1(i, 0, m0)                                                 \
+        if (NV > 1) QLORA__NW_STORE1(i, 1, m1)                                     \
+        if (NV > 2) QLORA__NW_STORE1(i, 2, m2)                                     \
+    }
+    QLORA__NW_DECL(0) QLORA__NW_DECL(1) QLORA__NW_DECL(2) QLORA__NW_DECL(3)
+    QLORA__NW_DECL(4) QLORA__NW_DECL(5) QLORA__NW_DECL(6) QLORA__NW_DECL(7)
+    QLORA__NW_DECL(8) QLORA__NW_DECL(9) QLORA__NW_DECL(10) QLORA__NW_DECL(11)
     for (int64_t k = 0; k < K; k++) {
-        __m512 bv[3];
-        QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) bv[v] = _mm512_maskz_loadu_ps(mask[v], b + k * ldb + 16 * v);
-        QLORA__SGEMM_UNROLL for (int i = 0; i < MR; i++) {
-            const __m512 ai = _mm512_set1_ps(arow[i][k * a_cs]);
-            QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
-        }
+        const float *bk = b + k * ldb;
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, bk);
+        const __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(m1, bk + 16) : b0;
+        const __m512 b2 = NV > 2 ? _mm512_maskz_loadu_ps(m2, bk + 32) : b0;
+        QLORA__NW_FMA(0) QLORA__NW_FMA(1) QLORA__NW_FMA(2) QLORA__NW_FMA(3)
+        QLORA__NW_FMA(4) QLORA__NW_FMA(5) QLORA__NW_FMA(6) QLORA__NW_FMA(7)
+        QLORA__NW_FMA(8) QLORA__NW_FMA(9) QLORA__NW_FMA(10) QLORA__NW_FMA(11)
     }
     const __m512 va = _mm512_set1_ps(alpha);
-    QLORA__SGEMM_UNROLL for (int i = 0; i < MR; i++) {
-        if (i >= mr) break;
-        float *cr = c + (int64_t)i * ldc;
-        QLORA__SGEMM_UNROLL for (int v = 0; v < NV; v++) {
-            __m512 r = _mm512_mul_ps(va, acc[i][v]);
-            if (add) r = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], cr + 16 * v), r);
-            _mm512_mask_storeu_ps(cr + 16 * v, mask[v], r);
-        }
-    }
+    QLORA__NW_STORE(0) QLORA__NW_STORE(1) QLORA__NW_STORE(2) QLORA__NW_STORE(3)
+    QLORA__NW_STORE(4) QLORA__NW_STORE(5) QLORA__NW_STORE(6) QLORA__NW_STORE(7)
+    QLORA__NW_STORE(8) QLORA__NW_STORE(9) QLORA__NW_STORE(10) QLORA__NW_STORE(11)
+#undef QLORA__NW_DECL
+#undef QLORA__NW_FMA
+#undef QLORA__NW_STORE1
+#undef QLORA__NW_STORE
 }
 
-// All tiles of C (M, N). The tile is 16 x 16 for N ≤ 16 (8 x 16 when A is row-major: 16 rows of A
-// streamed at once missed L1 at K = 2048), 12 x 32 for N ≤ 32, else 8 x 48.
+// The tile shapes, one function each (kept apart: inlined into one caller, they cost clang's sanitizer
+// builds a quarter of a minute per file).
+#define QLORA__NW_SHAPE(name, MR, NV)                                                                      \
+    static QLORA__NOINLINE void name(int64_t K, const float *a, int64_t a_rs, int64_t a_cs, const float *b, \
+                                     int64_t ldb, float alpha, float *c, int64_t ldc, int mr, int nr,       \
+                                     int add) {                                                             \
+        qlora__narrow_tile(MR, NV, K, a, a_rs, a_cs, b, ldb, alpha, c, ldc, mr, nr, add);                  \
+    }
+QLORA__NW_SHAPE(qlora__narrow_8x16, 8, 1)
+QLORA__NW_SHAPE(qlora__narrow_12x16, 12, 1)
+QLORA__NW_SHAPE(qlora__narrow_12x32, 12, 2)
+QLORA__NW_SHAPE(qlora__narrow_8x48, 8, 3)
+#undef QLORA__NW_SHAPE
+
+// All tiles of C (M, N). The tile is 12 x 16 for N ≤ 16 (8 x 16 when A is row-major: 16 rows of A
+// streamed at once ran at half speed at K = 2048), 12 x 32 for N ≤ 32, else 8 x 48.
 static void qlora__narrow_run(int64_t M, int64_t N, int64_t K, const float *a, int64_t a_rs, int64_t a_cs,
                               const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, int add) {
     const int nv = N <= 16 ? 1 : N <= 32 ? 2 : 3;
-    const int mr = nv == 1 ? (a_cs == 1 ? 8 : 16) : nv == 2 ? 12 : 8;
+    const int mr = nv == 1 ? (a_cs == 1 ? 8 : 12) : nv == 2 ? 12 : 8;
     const int64_t tm = (M + mr - 1) / mr, tn = (N + 16 * nv - 1) / (16 * nv);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (tm * tn > 1 && (double)M * (double)N * (double)K >= 1048576.0)
@@ -3690,10 +3722,10 @@ static void qlora__narrow_run(int64_t M, int64_t N, int64_t K, const float *a, i
         const int rows = (int)qlora__min64(mr, M - i0), cols = (int)qlora__min64(16 * nv, N - j0);
         const float *ai = a + i0 * a_rs, *bj = b + j0;
         float *cij = c + i0 * ldc + j0;
-        if (nv == 1 && mr == 8) qlora__narrow_tile(8, 1, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
-        else if (nv == 1) qlora__narrow_tile(16, 1, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
-        else if (nv == 2) qlora__narrow_tile(12, 2, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
-        else qlora__narrow_tile(8, 3, K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+        if (nv == 1 && mr == 8) qlora__narrow_8x16(K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+        else if (nv == 1) qlora__narrow_12x16(K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+        else if (nv == 2) qlora__narrow_12x32(K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
+        else qlora__narrow_8x48(K, ai, a_rs, a_cs, bj, ldb, alpha, cij, ldc, rows, cols, add);
     }
 }
 #endif
@@ -8057,7 +8089,17 @@ QLORADEF void qlora_rope_backward(float *dx, const int32_t *pos, const float *co
 
 #define QLORA__ATT_R      8
 #define QLORA__ATT_MAX_HD 128
-#define QLORA__ATT_QC     64
+#define QLORA__ATT_QC     64      // query rows of a stack block at QLORA__ATT_MAX_HD dims; more at fewer dims
+#define QLORA__ATT_QC_MAX 256
+
+// Query rows of one stack block at HD dims: as many as QLORA__ATT_QC rows of QLORA__ATT_MAX_HD floats hold,
+// at most QLORA__ATT_QC_MAX, a multiple of QLORA__ATT_R. Fewer, longer blocks: each key tile is then copied,
+// and its dk, dv added, fewer times.
+static int64_t qlora__att_block_rows(int64_t HD) {
+    int64_t qc = QLORA__ATT_QC * QLORA__ATT_MAX_HD / (HD > 0 ? HD : 1);
+    qc = qc < QLORA__ATT_QC_MAX ? qc : QLORA__ATT_QC_MAX;
+    return qc / QLORA__ATT_R * QLORA__ATT_R;
+}
 
 // Softmax of one score row in place over its n causal keys: s_j ← softmax_j(scale·s_j) over unmasked j,
 // 0 for masked j, and all 0 when no key is unmasked.
@@ -8202,7 +8244,7 @@ static void qlora__att_tile_cols(float *out, const float *coef, const float *con
 static void qlora__attention_forward_bh(float *out, float *att, const float *q, const float *k, const float *v,
                                         const uint8_t *key_mask, int64_t b, int64_t h, int64_t T, int64_t NH,
                                         int64_t NKV, int64_t HD, float scale) {
-    const int64_t W = QLORA__OPS_W, R = QLORA__ATT_R, QC = QLORA__ATT_QC;
+    const int64_t W = QLORA__OPS_W, R = QLORA__ATT_R, QC = qlora__att_block_rows(HD);
     const int64_t kvh = h / (NH / NKV), qs = NH * HD, kvs = NKV * HD;
     const float *qb = q + (b * T * NH + h) * HD;
     const float *kb = k + (b * T * NKV + kvh) * HD, *vb = v + (b * T * NKV + kvh) * HD;
@@ -8310,13 +8352,13 @@ static void qlora__attention_backward_bkv(float *dq, float *dk, float *dv, const
                                           const float *q, const float *k, const float *v, const float *att,
                                           int64_t b, int64_t kvh, int64_t T, int64_t NH, int64_t NKV, int64_t HD,
                                           float scale) {
-    const int64_t W = QLORA__OPS_W, R = QLORA__ATT_R, QC = QLORA__ATT_QC;
+    const int64_t W = QLORA__OPS_W, R = QLORA__ATT_R, QC = qlora__att_block_rows(HD);
     const int64_t G = NH / NKV, qs = NH * HD, kvs = NKV * HD;
     const float *kb = k + (b * T * NKV + kvh) * HD, *vb = v + (b * T * NKV + kvh) * HD;
     float *dkb = dk + (b * T * NKV + kvh) * HD, *dvb = dv + (b * T * NKV + kvh) * HD;
     float vt[QLORA__ATT_MAX_HD * QLORA__OPS_VW], kc[QLORA__OPS_VW * QLORA__ATT_MAX_HD];
     float dkt[QLORA__OPS_VW * QLORA__ATT_MAX_HD], dvt[QLORA__OPS_VW * QLORA__ATT_MAX_HD];
-    float oc[QLORA__ATT_QC * QLORA__ATT_MAX_HD], delta[QLORA__ATT_QC];
+    float oc[QLORA__ATT_QC * QLORA__ATT_MAX_HD], delta[QLORA__ATT_QC_MAX];
     float pt[QLORA__ATT_R * QLORA__OPS_VW], st[QLORA__ATT_R * QLORA__OPS_VW];
     const float *row[QLORA__ATT_R], *qrow[QLORA__ATT_R], *dorow[QLORA__ATT_R];
     float *orow[QLORA__ATT_R];
@@ -8355,6 +8397,12 @@ static void qlora__attention_backward_bkv(float *dq, float *dk, float *dv, const
                 qlora__att_gather(kc, kb + j0 * kvs, kvs, nk, HD);
                 memset(dkt, 0, (size_t)(W * HD) * sizeof(float));
                 memset(dvt, 0, (size_t)(W * HD) * sizeof(float));
+#if defined(__GNUC__) || defined(__clang__)
+                // the probabilities of the next key tile, one cache line per row T floats apart: att was written
+                // by the forward long ago, and the hardware prefetcher does not follow this pattern
+                for (int64_t i = j0 + W > q0 ? j0 + W : q0; j0 + W < q1 && i < q1; i++)
+                    __builtin_prefetch(ab + i * T + j0 + W);
+#endif
                 int touched = 0;
                 const int64_t first = j0 > q0 ? q0 + (j0 - q0) / R * R : q0;
                 for (int64_t i0 = first; i0 < q1; i0 += R) {
@@ -8533,8 +8581,10 @@ static double qlora__logsumexp(const float *x, int64_t V) {
     return (double)mx + log(qlora__ops_exp_pass(NULL, NULL, x, V, mx, 0.0f));
 }
 
-QLORADEF void qlora_cross_entropy_forward(double *loss_sum, int64_t *count, float *row_loss, const float *logits,
-                                          const int32_t *targets, int64_t N, int64_t V) {
+// Cross-entropy forward, with each counted row's logsumexp into row_lse when it is not NULL (for
+// qlora__ce_backward).
+static void qlora__ce_forward(double *loss_sum, int64_t *count, float *row_loss, float *row_lse, const float *logits,
+                              const int32_t *targets, int64_t N, int64_t V) {
     // Rows are cut into a fixed number of chunks (not one per thread), each summed in order, and the
     // chunk sums added in order: the result does not depend on the thread count.
     enum { NCHUNK = 64 };
@@ -8552,7 +8602,9 @@ QLORADEF void qlora_cross_entropy_forward(double *loss_sum, int64_t *count, floa
             double l = 0.0;
             if (t >= 0 && t < V) {
                 const float *x = logits + n * V;
-                l = qlora__logsumexp(x, V) - (double)x[t];
+                const double lse = qlora__logsumexp(x, V);
+                if (row_lse) row_lse[n] = (float)lse;
+                l = lse - (double)x[t];
                 s += l;
                 k++;
             }
@@ -8568,19 +8620,39 @@ QLORADEF void qlora_cross_entropy_forward(double *loss_sum, int64_t *count, floa
     *count = k;
 }
 
-QLORADEF void qlora_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int64_t N,
-                                           int64_t V, float dscale) {
+QLORADEF void qlora_cross_entropy_forward(double *loss_sum, int64_t *count, float *row_loss, const float *logits,
+                                          const int32_t *targets, int64_t N, int64_t V) {
+    qlora__ce_forward(loss_sum, count, row_loss, NULL, logits, targets, N, V);
+}
+
+// Cross-entropy backward. row_lse (N) or NULL: the rows' logsumexp from qlora__ce_forward (else computed
+// again). overwrite: dlogits = the gradient and ignored rows 0, the same bits as zeroing first and adding.
+static void qlora__ce_backward(float *dlogits, const float *logits, const float *row_lse, const int32_t *targets,
+                               int64_t N, int64_t V, float dscale, int overwrite) {
     // forward: l = logsumexp(x) − x_t  ⇒  dl/dx_v = softmax(x)_v − [v = t] = exp(x_v − lse) − [v = t]
 #ifdef _OPENMP
 #pragma omp parallel for if (N * V > 65536)
 #endif
     for (int64_t n = 0; n < N; n++) {
         const int32_t t = targets[n];
-        if (t < 0 || t >= V) continue;
+        float *d = dlogits + n * V;
+        if (t < 0 || t >= V) {
+            if (overwrite) memset(d, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
         const float *x = logits + n * V;
-        qlora__ops_exp_pass(dlogits + n * V, NULL, x, V, (float)qlora__logsumexp(x, V), dscale);
-        dlogits[n * V + t] -= dscale;
+        const float lse = row_lse ? row_lse[n] : (float)qlora__logsumexp(x, V);
+        if (overwrite) {   // d = exp(x − lse), then ·dscale: round(dscale·e), as 0 + dscale·e rounds
+            qlora__ops_exp_pass(NULL, d, x, V, lse, 0.0f);
+            qlora__ops_scale(d, dscale, V);
+        } else qlora__ops_exp_pass(d, NULL, x, V, lse, dscale);
+        d[t] -= dscale;
     }
+}
+
+QLORADEF void qlora_cross_entropy_backward(float *dlogits, const float *logits, const int32_t *targets, int64_t N,
+                                           int64_t V, float dscale) {
+    qlora__ce_backward(dlogits, logits, NULL, targets, N, V, dscale, 0);
 }
 
 QLORADEF void qlora_log_softmax(float *out, const float *logits, int64_t V) {
@@ -9389,6 +9461,7 @@ static int64_t qlora__ll_ts_layout(qlora_train_state *ts, const qlora_model *m, 
     s.lnf = (float *)qlora__ll_carve(&cv, M, C, 4);
     s.rstdf = (float *)qlora__ll_carve(&cv, M, 1, 4);
     s.logits = (float *)qlora__ll_carve(&cv, M, V, 4);
+    s.lse = (float *)qlora__ll_carve(&cv, M, 1, 4);
     s.acts = (qlora_llama_acts *)qlora__ll_carve(&cv, n_acts, (int64_t)sizeof(qlora_llama_acts), 1);
     s.rng_saved = (qlora_rng *)qlora__ll_carve(&cv, L * QLORA_TARGET_COUNT, (int64_t)sizeof(qlora_rng), 1);
     for (int64_t i = 0; i < n_acts; i++) {
@@ -9826,7 +9899,7 @@ static qlora_status qlora__ll_forward(qlora_model *m, qlora_train_state *ts, con
     qlora_sgemm(&m->exec, 0, 1, M, V, C, 1.0f, ts->lnf, C, m->lm_head, C, 0.0f, ts->logits, V);
     ts->training = training;
     if (!labels) return QLORA_OK;
-    qlora_cross_entropy_forward(&ts->loss_sum, &ts->n_counted, NULL, ts->logits, ts->targets, M, V);
+    qlora__ce_forward(&ts->loss_sum, &ts->n_counted, NULL, ts->lse, ts->logits, ts->targets, M, V);
     ts->loss = ts->n_counted > 0 ? (float)(ts->loss_sum / (double)ts->n_counted) : 0.0f;
     if (loss) *loss = ts->loss;
     ts->ready = 1;
@@ -9870,8 +9943,7 @@ static qlora_status qlora__ll_backward(qlora_model *m, qlora_train_state *ts, fl
             memset(dlnf, 0, sizeof(float) * (size_t)(R * C));
             continue;
         }
-        memset(ts->dlogits, 0, sizeof(float) * (size_t)(R * V));
-        qlora_cross_entropy_backward(ts->dlogits, ts->logits + r0 * V, ts->targets + r0, R, V, scale);
+        qlora__ce_backward(ts->dlogits, ts->logits + r0 * V, ts->lse + r0, ts->targets + r0, R, V, scale, 1);
         qlora_sgemm(&m->exec, 0, 0, R, C, V, 1.0f, ts->dlogits, V, m->lm_head, C, 0.0f, dlnf, C);
         // d lm_head (V, C) += dlogitsᵀ · lnf (the embedding's gradient when tied)
         if (g)

@@ -909,6 +909,8 @@ int main(void) {
     tiled_vs_ref(1, 33, 4, 4, 16, 0);
     tiled_vs_ref(2, 70, 4, 1, 40, 9);
     tiled_vs_ref(1, quick ? 40 : 150, 2, 1, 128, 0);
+    tiled_vs_ref(2, 200, 2, 2, 64, 7);    // stack blocks of 128 query rows at HD 64: two blocks, the second partial
+    tiled_vs_ref(1, 300, 2, 1, 32, 0);    // and of 256 rows at HD 32
     tiled_vs_ref(1, 9, 2, 2, 130, 0);     // HD above the tiled kernels' bound: both sides are _ref
     accumulates();
 #ifdef _OPENMP

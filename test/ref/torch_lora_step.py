@@ -12,7 +12,8 @@ norms and lm_head are frozen. One step = forward, shifted cross-entropy (mean), 
 Usage: torch_lora_step.py --dim 288 --layers 6 --heads 6 --hidden 768 --vocab 32000 --T 256 --B 8
                           [--rank 16] [--steps 3] [--warmup 1] [--threads 2]
 Prints `key value` lines: torch, threads, blas_core, blas_note, aten_cpu_capability, trainable_params,
-step_s_best, step_s_mean, step_cpu_s_min (CPU seconds of all threads),
+step_s_best, step_s_mean, step_cpu_s_min (CPU seconds of all threads), best_step_sys_share (kernel
+CPU-seconds / all CPU-seconds of the best step: page faults), best_step_minor_faults,
 tokens_per_s, peak_rss_kb, loss. When torch is missing it prints `SKIP <reason>` and exits 0.
 If OpenBLAS in this process picked a core that does not match the CPU (an AVX-512 CPU running
 non-AVX-512 kernels), the script re-executes itself once with OPENBLAS_CORETYPE set and says so.
@@ -184,9 +185,10 @@ def main():
     tokens = torch.randint(0, V, (B, T))
     labels = tokens.clone()
 
-    times, cpus, loss = [], [], float("nan")
+    times, cpus, kernel, loss = [], [], [], float("nan")
     for i in range(a.warmup + a.steps):
         c0 = time.process_time()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         loss_t = model(tokens, labels)
         loss_t.backward()
@@ -194,9 +196,13 @@ def main():
         opt.zero_grad(set_to_none=True)
         loss = loss_t.item()
         dt = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         if i >= a.warmup:
             times.append(dt)
             cpus.append(time.process_time() - c0)
+            # the kernel's share: torch allocates and frees its activations every step, and the page
+            # faults of fresh memory cost more on some machines (VMs) than on others
+            kernel.append((r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt))
     best, mean = min(times), sum(times) / len(times)
     print("torch %s" % torch.__version__)
     print("threads %d" % torch.get_num_threads())
@@ -207,6 +213,9 @@ def main():
     print("step_s_best %.6f" % best)
     print("step_s_mean %.6f" % mean)
     print("step_cpu_s_min %.6f" % min(cpus))
+    ib = times.index(best)
+    print("best_step_sys_share %.4f" % (kernel[ib][0] / cpus[ib] if cpus[ib] > 0 else 0.0))
+    print("best_step_minor_faults %d" % kernel[ib][1])
     print("tokens_per_s %.3f" % (B * T / best))
     print("peak_rss_kb %d" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     print("loss %.6f" % loss)
