@@ -8082,9 +8082,9 @@ QLORADEF void qlora_rope_backward(float *dx, const int32_t *pos, const float *co
 // lanes, 16 with AVX-512), in FlashAttention-2 order: key tile outer, query tiles inner. A key tile is
 // first copied to the stack, transposed (HD, W) where its keys are the vector lanes, or contiguous (W, HD)
 // where head dims are, so the inner loops stream contiguous memory and are chains of broadcast-FMAs with
-// no horizontal sums. att doubles as the score buffer. Partial sums that many tiles add to (o, dq of
-// QLORA__ATT_QC query rows; dk, dv of one key tile) live in stack blocks (≤ 72 KiB) and reach the
-// strided (B, T, heads, HD) tensors once.
+// no horizontal sums. att doubles as the score buffer. Partial sums that many tiles add to (o, dq of a
+// block of query rows, qlora__att_block_rows; dk, dv of one key tile) live in stack blocks (≤ 72 KiB) and
+// reach the strided (B, T, heads, HD) tensors once per block.
 // Head dims above QLORA__ATT_MAX_HD take the row-at-a-time _ref kernels (a stack bound only).
 
 #define QLORA__ATT_R      8
