@@ -31,6 +31,7 @@ typedef struct rad_opts {
     const char *model, *adapter, *out, *data, *train, *val, *mlruns, *audit_log, *input;
     const char *calibration, *lr_scheduler;
     int         threads, epochs, batch_size, grad_accum, rank, max_steps, max_note_tokens, no_facts;
+    int         seed;   // LoRA init and data order of training; -1: the trainer's defaults (0 and 42)
     int         skip_train, keep_data, no_mlflow, quiet;
     double      lr, alpha, dropout, target, min_threshold;
     int         adapter_given, out_given, data_given;
@@ -70,6 +71,7 @@ static void rad_opts_default(rad_opts *o) {
     o->lr = 2e-3;
     o->lr_scheduler = "cosine";
     o->target = 0.97;
+    o->seed = -1;
 }
 
 // Parses --key VALUE / --key=VALUE / flags; one positional argument allowed when `positional` is not NULL.
@@ -141,6 +143,7 @@ static int rad_parse(rad_opts *o, int argc, char **argv, const char *allowed, co
             else if (!strcmp(k, "grad-accum")) bad = (o->grad_accum = (int)x) < 1;
             else if (!strcmp(k, "rank")) bad = (o->rank = (int)x) < 1;
             else if (!strcmp(k, "max-steps")) bad = (o->max_steps = (int)x) < 0;
+            else if (!strcmp(k, "seed")) bad = !(x >= 0 && x <= 2147483647.0 && (o->seed = (int)x) == x);
             else if (!strcmp(k, "max-note-tokens")) bad = (o->max_note_tokens = (int)x) < 16;
             else if (!strcmp(k, "lr")) bad = !((o->lr = x) > 0);
             else if (!strcmp(k, "alpha")) bad = !((o->alpha = x) > 0);
@@ -279,7 +282,7 @@ static int rad_set_load(rad_set *s, const char *path) {
 
 static const char *const rad_train_allowed =
     " model adapter out train val epochs lr lr-scheduler batch-size grad-accum rank alpha dropout max-steps "
-    "max-note-tokens no-facts mlruns no-mlflow keep-data threads help ";
+    "max-note-tokens no-facts mlruns no-mlflow keep-data threads seed help ";
 
 static void rad_train_help(void) {
     printf("usage: radiology train [--model DIR] [--adapter OUT_DIR] [options]\n\n"
@@ -304,7 +307,9 @@ static void rad_train_help(void) {
            "  --no-facts             leave the extracted-facts line out of the prompt\n"
            "  --mlruns DIR           MLflow file store (default mlruns); --no-mlflow to skip\n"
            "  --keep-data            keep the generated JSONL files after training\n"
-           "  --threads N            OpenMP threads of the trainer (default: every core)\n",
+           "  --threads N            OpenMP threads of the trainer (default: every core)\n"
+           "  --seed N               seed of the LoRA initialization and of the data order (default: the\n"
+           "                         trainer's, 0 and 42); another seed is another draw of the same recipe\n",
            RAD_DEFAULT_MAX_NOTE_TOKENS);
 }
 
@@ -399,6 +404,8 @@ static int cmd_rad_train(int argc, char **argv) {
         snprintf(s_ml, sizeof s_ml, "%lld", (long long)(longest + 1));
         snprintf(s_ms, sizeof s_ms, "%d", o.max_steps);
         snprintf(s_th, sizeof s_th, "%d", o.threads);
+        char s_seed[24];
+        snprintf(s_seed, sizeof s_seed, "%d", o.seed);
         char *av[64];
         int ac = 0;
         av[ac++] = (char *)"qlora";
@@ -441,6 +448,12 @@ static int cmd_rad_train(int argc, char **argv) {
         av[ac++] = (char *)"10";
         av[ac++] = (char *)"--threads";
         av[ac++] = s_th;
+        if (o.seed >= 0) {
+            av[ac++] = (char *)"--seed";
+            av[ac++] = s_seed;
+            av[ac++] = (char *)"--data-seed";
+            av[ac++] = s_seed;
+        }
         if (o.no_mlflow) av[ac++] = (char *)"--no-mlflow";
         else {
             av[ac++] = (char *)"--mlruns";
@@ -1054,7 +1067,7 @@ static int cmd_rad_eval(int argc, char **argv) {
 
 static const char *const rad_demo_allowed =
     " model adapter out threads skip-train epochs max-steps lr lr-scheduler batch-size grad-accum rank alpha "
-    "mlruns no-mlflow help ";
+    "seed mlruns no-mlflow help ";
 
 static void rad_demo_help(void) {
     printf("usage: radiology demo [--model DIR] [--out DIR] [--skip-train] [--threads N]\n\n"
@@ -1068,7 +1081,7 @@ static void rad_demo_help(void) {
            "  --skip-train   use the existing adapter\n"
            "  --threads N    worker threads (default: every core)\n"
            "  training options as for `radiology train`: --epochs --max-steps --lr --lr-scheduler --batch-size\n"
-           "  --grad-accum --rank --alpha --mlruns --no-mlflow\n");
+           "  --grad-accum --rank --alpha --seed --mlruns --no-mlflow\n");
 }
 
 static int rad_run(const char *what, int (*fn)(int, char **), int argc, char **argv, double *seconds) {
@@ -1096,8 +1109,9 @@ static int cmd_rad_demo(int argc, char **argv) {
     chmod(outdir, 0700);
     char *adapter = o.adapter_given ? cli_strdup(o.adapter)
                                     : (o.skip_train ? cli_strdup("data/adapter") : cli_fmt("%s/adapter", outdir));
-    char s_th[24], s_ep[24], s_ms[24], s_lr[32], s_bs[24], s_ga[24], s_r[24], s_a[32];
+    char s_th[24], s_ep[24], s_ms[24], s_lr[32], s_bs[24], s_ga[24], s_r[24], s_a[32], s_seed[24];
     snprintf(s_th, sizeof s_th, "%d", o.threads);
+    snprintf(s_seed, sizeof s_seed, "%d", o.seed);
     snprintf(s_ep, sizeof s_ep, "%d", o.epochs);
     snprintf(s_ms, sizeof s_ms, "%d", o.max_steps);
     snprintf(s_lr, sizeof s_lr, "%g", o.lr);
@@ -1114,8 +1128,13 @@ static int cmd_rad_demo(int argc, char **argv) {
                       (char *)"--lr-scheduler", (char *)o.lr_scheduler, (char *)"--batch-size", s_bs,
                       (char *)"--grad-accum", s_ga, (char *)"--rank", s_r,
                       (char *)"--alpha", s_a, (char *)"--threads", s_th, (char *)"--mlruns", (char *)o.mlruns,
-                      o.no_mlflow ? (char *)"--no-mlflow" : NULL, NULL};
-        int ac = (int)(sizeof av / sizeof av[0]) - 2 + (o.no_mlflow ? 1 : 0);
+                      NULL, NULL, NULL, NULL};
+        int ac = (int)(sizeof av / sizeof av[0]) - 4;
+        if (o.no_mlflow) av[ac++] = (char *)"--no-mlflow";
+        if (o.seed >= 0) {
+            av[ac++] = (char *)"--seed";
+            av[ac++] = s_seed;
+        }
         rc = rad_run("train", cmd_rad_train, ac, av, &secs[0]);
     }
     if (rc == 0) {

@@ -682,6 +682,13 @@ static void check_commands(void) {
                  "rc %d, stdout: %.80s", rc, o ? o : "(none)");
         free(o);
     }
+    // --seed takes a whole number in [0, 2^31): anything else is a usage error before any work
+    static const char *const bad_seeds[] = {"-1", "1.5", "x", "4294967296"};
+    for (size_t i = 0; i < sizeof bad_seeds / sizeof bad_seeds[0]; i++) {
+        const char *t[] = {"train", "--seed", bad_seeds[i], NULL};
+        int trc = run_cli("seed", NULL, t);
+        tu_check(trc == 2, ch_fmt("radiology train --seed %s: exit 2", bad_seeds[i]), "rc %d", trc);
+    }
     const char *a[] = {"bogus", NULL};
     int rc = run_cli("bogus", NULL, a);
     char *e = ch_slurp(ch_fmt("%s/bogus.err", root), NULL);
