@@ -3627,6 +3627,13 @@ static void qlora__sgemm_small_bt(int64_t M, int64_t N, int64_t K, float alpha, 
     }
 }
 
+// C (M, N) *= beta, for the paths that then add A·B to C (beta 0 and 1 need no pass: 0 overwrites, 1 adds).
+static void qlora__sgemm_scale_c(float *C, int64_t M, int64_t N, int64_t ldc, float beta) {
+    if (beta == 0.0f || beta == 1.0f) return;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) C[i * ldc + j] *= beta;
+}
+
 // Narrow GEMM, the rank-r shapes of LoRA: C (M, N) (+)= alpha·A(i, k)·Bk(k, n) when one of N, K is at most
 // QLORA__NARROW (x·Aᵀ, s·dy·B, xa·Bᵀ, g·A), or A is transposed with at most QLORA__NARROW rows (gᵀ·x,
 // dyᵀ·xa). A packed GEMM wastes most of its work there: its 12 x 32 register tile is half padding at
@@ -3707,8 +3714,8 @@ QLORA__NW_SHAPE(qlora__narrow_12x32, 12, 2)
 QLORA__NW_SHAPE(qlora__narrow_8x48, 8, 3)
 #undef QLORA__NW_SHAPE
 
-// All tiles of C (M, N). The tile is 12 x 16 for N ≤ 16 (8 x 16 when A is row-major: 16 rows of A
-// streamed at once ran at half speed at K = 2048), 12 x 32 for N ≤ 32, else 8 x 48.
+// All tiles of C (M, N). The tile is 12 x 16 for N ≤ 16 (8 x 16 when A is row-major: with 12 or 16 rows of A
+// streamed at once, x·Aᵀ at K = 2048 ran 1.4-1.9x slower), 12 x 32 for N ≤ 32, else 8 x 48.
 static void qlora__narrow_run(int64_t M, int64_t N, int64_t K, const float *a, int64_t a_rs, int64_t a_cs,
                               const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, int add) {
     const int nv = N <= 16 ? 1 : N <= 32 ? 2 : 3;
@@ -3743,9 +3750,7 @@ static int qlora__sgemm_narrow(int trans_a, int trans_b, int64_t M, int64_t N, i
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++) bt[k * N + n] = B[n * ldb + k];
     }
-    if (beta != 0.0f && beta != 1.0f)
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) C[i * ldc + j] *= beta;
+    qlora__sgemm_scale_c(C, M, N, ldc, beta);
     qlora__narrow_run(M, N, K, A, trans_a ? 1 : lda, trans_a ? lda : 1, bt ? bt : B, bt ? N : ldb, alpha, C, ldc,
                       beta != 0.0f);
     QLORA_FREE(bt);
@@ -3803,9 +3808,7 @@ QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_
     p.c = C;
     p.ldc = ldc;
     p.overwrite = (beta == 0.0f);
-    if (beta != 0.0f && beta != 1.0f)
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) C[i * ldc + j] *= beta;
+    qlora__sgemm_scale_c(C, M, N, ldc, beta);
     if (!qlora__mm_run(&p)) {
         // No memory for packing buffers: the reference loops need none (C already holds beta·C).
         qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);

@@ -1001,11 +1001,12 @@ int main(int argc, char **argv) {
                    i < 2 ? "" : " (* diagnostic env)");
         // torch allocates its activations afresh every step: where page faults are dear (some VMs), a large
         // kernel share slows torch and flatters the speedup
-        if (ttps == ttps && i < 2 && bl_val(tp, "best_step_sys_share") == bl_val(tp, "best_step_sys_share"))
+        const double tsys = bl_val(tp, "best_step_sys_share");
+        if (ttps == ttps && i < 2 && tsys == tsys)
             printf("        torch's best %s step: %.0f%% of its CPU time in the kernel, %.0f minor page faults%s\n", n,
-                   100.0 * bl_val(tp, "best_step_sys_share"), bl_val(tp, "best_step_minor_faults"),
-                   bl_val(tp, "best_step_sys_share") > 0.2 ? " (page faults are dear on this machine now: the speedup "
-                                                             "is higher than where they are cheap)" : "");
+                   100.0 * tsys, bl_val(tp, "best_step_minor_faults"),
+                   tsys > 0.2 ? " (page faults are dear on this machine now: the speedup is higher than where they "
+                                "are cheap)" : "");
         if (!(ttps == ttps))
             printf("   %-4s %10.1f %12s %8s %9.2f %9s %8s %10.1f %12s %6s   torch reference %s\n", i < 2 ? n : "S*",
                    tps, "-", "-", cpu, "-", "-", hwm / 1024.0, "-", "-", notorch ? "not run (notorch)" : "unavailable");
