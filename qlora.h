@@ -204,13 +204,19 @@ typedef struct qlora_backend {
                                         int64_t M, qlora_error *err);
 } qlora_backend;
 
-// The arithmetic of the NF4 forward GEMV (decoding). fp32 is the default and the specification.
-// BF16 is bitsandbytes' compute_dtype=bfloat16 (the QLoRA recipe's): inputs and the codebook are
-// rounded to bf16 (round to nearest even; bf16 subnormals become 0), their products summed in fp32
-// per block, then scaled in fp32. It applies to forward calls with M <= 8 rows and in (cols) a
-// multiple of 128: token-by-token decoding, where it halves the instructions per weight on CPUs with
-// AVX-512 BF16 (1.3x the fp32 GEMV measured on Zen 4; elsewhere the same numbers at fp32 speed).
-// Every other call stays fp32, and the CPU path alone reads it (a backend computes in fp32).
+// The arithmetic of the matmuls on frozen weights. fp32 is the default and the specification (what
+// the tests hold against PyTorch). BF16 is bitsandbytes' compute_dtype=bfloat16 (the QLoRA recipe's),
+// in the two forms bitsandbytes has:
+//   GEMV form: forward calls with M <= 8 rows and in (cols) a multiple of 128 (token-by-token
+//     decoding): inputs and the codebook rounded to bf16 (round to nearest even; bf16 subnormals
+//     become 0), their products summed in fp32 per block, then scaled in fp32.
+//   GEMM form: every other NF4 forward and every NF4 backward, and the lm_head matmuls of training
+//     and of prompts (more than 8 rows): W dequantized in fp32 then rounded to bf16, the input (dY)
+//     rounded to bf16, the exact products summed in fp32.
+// With AVX-512 BF16 (qlora_cpu_info.bf16_dot) both run on vdpbf16ps, which does twice the
+// multiply-adds of an fp32 FMA per instruction: the GEMMs of a training step run about 1.5x faster
+// (config M of bench_llama: step 2.60 s -> 1.98 s on Zen 4). Elsewhere the same roundings run at
+// fp32 speed. The CPU path alone reads it (a backend computes in fp32).
 typedef enum qlora_compute {
     QLORA_COMPUTE_F32 = 0,
     QLORA_COMPUTE_BF16
@@ -2190,23 +2196,6 @@ static inline int qlora__log2i(int64_t v) {
 // Reference kernels: straightforward loops, one element at a time. They are the specification
 // the fast paths are tested against (QLORA_KERNEL_REF selects them).
 
-// y (M, N) = x (M, K) · Wᵀ
-static void qlora__nf4_forward_ref(float *y, const float *x, const qlora_nf4 *w, int64_t M) {
-    const int64_t N = w->rows, K = w->cols, bs = w->blocksize;
-    for (int64_t n = 0; n < N; n++) {
-        for (int64_t m = 0; m < M; m++) {
-            float acc = 0.0f, s = 0.0f;
-            int64_t b = -1;
-            for (int64_t k = 0; k < K; k++) {
-                int64_t e = n * K + k;
-                if (e / bs != b) { b = e / bs; s = qlora_nf4_block_scale(w, b); }
-                acc += x[m * K + k] * (qlora__nf4_code[qlora__nf4_nibble(w->codes, e)] * s);
-            }
-            y[m * N + n] = acc;
-        }
-    }
-}
-
 // v rounded to bf16 (nearest, ties to even), as the fp32 value it stands for. NaN stays NaN (quieted),
 // ±Inf stays, and inputs below bf16's normal range become ±0, as the AVX-512 BF16 instructions take them.
 static inline float qlora__bf16_round(float v) {
@@ -2232,6 +2221,25 @@ static inline uint16_t qlora__bf16_bits(float v) {
     return (uint16_t)(u >> 16);
 }
 
+// y (M, N) = x (M, K) · Wᵀ. bf16 = 1: QLORA_COMPUTE_BF16 for M > 8 (see qlora__nf4_dispatch): x and
+// the dequantized W rounded to bf16, their exact products summed in fp32.
+static void qlora__nf4_forward_ref(float *y, const float *x, const qlora_nf4 *w, int64_t M, int bf16) {
+    const int64_t N = w->rows, K = w->cols, bs = w->blocksize;
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t m = 0; m < M; m++) {
+            float acc = 0.0f, s = 0.0f;
+            int64_t b = -1;
+            for (int64_t k = 0; k < K; k++) {
+                int64_t e = n * K + k;
+                if (e / bs != b) { b = e / bs; s = qlora_nf4_block_scale(w, b); }
+                const float xv = x[m * K + k], wv = qlora__nf4_code[qlora__nf4_nibble(w->codes, e)] * s;
+                acc += bf16 ? qlora__bf16_round(xv) * qlora__bf16_round(wv) : xv * wv;
+            }
+            y[m * N + n] = acc;
+        }
+    }
+}
+
 // QLORA_COMPUTE_BF16 (its specification): y (M, N) = X·Wᵀ with y[m][n] = Σ_b s_b · Σ_{k in b}
 // bf16(code_k) · bf16(x[m][k]): the products are exact in fp32 and summed in fp32 per block b (the
 // part of NF4 block b that lies in row n), then scaled by the block's fp32 scale s_b.
@@ -2254,16 +2262,17 @@ static void qlora__nf4_forward_bf16_ref(float *y, const float *x, const qlora_nf
     }
 }
 
-// dx (M, K) += dy (M, N) · W
-static void qlora__nf4_backward_ref(float *dx, const float *dy, const qlora_nf4 *w, int64_t M) {
+// dx (M, K) += dy (M, N) · W; bf16 as in qlora__nf4_forward_ref.
+static void qlora__nf4_backward_ref(float *dx, const float *dy, const qlora_nf4 *w, int64_t M, int bf16) {
     const int64_t N = w->rows, K = w->cols, bs = w->blocksize;
     for (int64_t m = 0; m < M; m++) {
         for (int64_t k = 0; k < K; k++) {
             float acc = 0.0f;
             for (int64_t n = 0; n < N; n++) {
                 int64_t e = n * K + k;
-                acc += dy[m * N + n] * (qlora__nf4_code[qlora__nf4_nibble(w->codes, e)] *
-                                        qlora_nf4_block_scale(w, e / bs));
+                const float dv = dy[m * N + n],
+                            wv = qlora__nf4_code[qlora__nf4_nibble(w->codes, e)] * qlora_nf4_block_scale(w, e / bs);
+                acc += bf16 ? qlora__bf16_round(dv) * qlora__bf16_round(wv) : dv * wv;
             }
             dx[m * K + k] += acc;
         }
@@ -2412,6 +2421,11 @@ QLORA__FORCEINLINE void qlora__transpose16(float *dst, int64_t ldd, __m512 r[16]
 //   A is dense (strided, times alpha); B is dense (strided) or NF4: B = Wᵀ (forward) or W
 //   (backward). Every C element accumulates its reduction in the same order whatever the
 //   tiling around it, so threads may split C freely.
+//   bf16 (QLORA_COMPUTE_BF16): the packed A and B are rounded to bf16, and the micro-kernel sums
+//   their exact products in fp32. With AVX-512 BF16 the packed operands are then stored as pairs
+//   (k, k+1) of bf16 and qlora__ukernel_bf16 multiplies a pair per instruction lane (vdpbf16ps: twice
+//   the multiply-adds of an fp32 FMA per instruction); elsewhere the fp32 micro-kernel multiplies
+//   the rounded values, which gives the same products at fp32 speed.
 
 typedef struct qlora__mm {
     int64_t          M, N, K;
@@ -2425,6 +2439,7 @@ typedef struct qlora__mm {
     float           *c;             // C(i, n) = c[i·ldc + n]
     int64_t          ldc;
     int              overwrite;     // 1: C = A·B (old C ignored), 0: C += A·B
+    int              bf16;          // 1: A and B rounded to bf16 (QLORA_COMPUTE_BF16)
 } qlora__mm;
 
 // C (mr, nr) (+)= sum over k < kc of a (kc, MR) row k ⊗ b (kc, NR) row k. Rows >= mr and columns
@@ -2557,6 +2572,77 @@ static void qlora__ukernel(int64_t kc, const float *QLORA_RESTRICT a, const floa
 #undef QLORA__UK_STORE
 }
 
+#if defined(QLORA__AVX512BF16)
+// C (mr, nr) (+)= sum over pairs p < kc2 of a (kc2, MR) pair row p ⊗ b (kc2, NR) pair row p, each
+// element a uint32 holding bf16(x[2p]) in its low half and bf16(x[2p+1]) in its high half (see
+// qlora__bf16_pairs). Rows >= mr and columns >= nr are padding; add as in qlora__ukernel. Its scalar
+// twin: qlora__ukernel on the rounded fp32 values (the build without AVX-512 BF16 runs that).
+static void qlora__ukernel_bf16(int64_t kc2, const uint32_t *QLORA_RESTRICT a, const uint32_t *QLORA_RESTRICT b,
+                                float *c, int64_t ldc, int mr, int nr, int add) {
+#define QLORA__UKB_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+#define QLORA__UKB_DOT(i)                                                        \
+    {                                                                            \
+        const __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]);              \
+        c##i##0 = _mm512_dpbf16_ps(c##i##0, ai, b0);                             \
+        c##i##1 = _mm512_dpbf16_ps(c##i##1, ai, b1);                             \
+    }
+#define QLORA__UKB_STORE(i)                                                           \
+    if (i < mr) {                                                                     \
+        float *cr = c + (int64_t)i * ldc;                                             \
+        if (add) {                                                                    \
+            c##i##0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), c##i##0);          \
+            c##i##1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), c##i##1);     \
+        }                                                                             \
+        _mm512_mask_storeu_ps(cr, m0, c##i##0);                                       \
+        _mm512_mask_storeu_ps(cr + 16, m1, c##i##1);                                  \
+    }
+    QLORA__UKB_DECL(0) QLORA__UKB_DECL(1) QLORA__UKB_DECL(2) QLORA__UKB_DECL(3)
+    QLORA__UKB_DECL(4) QLORA__UKB_DECL(5) QLORA__UKB_DECL(6) QLORA__UKB_DECL(7)
+    QLORA__UKB_DECL(8) QLORA__UKB_DECL(9) QLORA__UKB_DECL(10) QLORA__UKB_DECL(11)
+    for (int64_t p = 0; p < kc2; p++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+        QLORA__UKB_DOT(0) QLORA__UKB_DOT(1) QLORA__UKB_DOT(2) QLORA__UKB_DOT(3)
+        QLORA__UKB_DOT(4) QLORA__UKB_DOT(5) QLORA__UKB_DOT(6) QLORA__UKB_DOT(7)
+        QLORA__UKB_DOT(8) QLORA__UKB_DOT(9) QLORA__UKB_DOT(10) QLORA__UKB_DOT(11)
+        a += 12;
+        b += 32;
+    }
+    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
+    QLORA__UKB_STORE(0) QLORA__UKB_STORE(1) QLORA__UKB_STORE(2) QLORA__UKB_STORE(3)
+    QLORA__UKB_STORE(4) QLORA__UKB_STORE(5) QLORA__UKB_STORE(6) QLORA__UKB_STORE(7)
+    QLORA__UKB_STORE(8) QLORA__UKB_STORE(9) QLORA__UKB_STORE(10) QLORA__UKB_STORE(11)
+#undef QLORA__UKB_DECL
+#undef QLORA__UKB_DOT
+#undef QLORA__UKB_STORE
+}
+
+// dst = the packed slivers src (nsl slivers of (kc, L) floats) as bf16 pairs: nsl slivers of
+// (kc2 = ceil(kc/2), L) uint32, dst[s][p][l] = bf16(src[s][2p][l]) | bf16(src[s][2p+1][l]) << 16,
+// the high half 0 past kc. The rounding is qlora__bf16_round's (vcvtneps2bf16). L is 12 or 32.
+static void qlora__bf16_pairs(uint32_t *dst, const float *src, int64_t nsl, int64_t kc, int L) {
+    const int64_t kc2 = (kc + 1) / 2;
+    for (int64_t s = 0; s < nsl; s++)
+        for (int64_t p = 0; p < kc2; p++) {
+            const float *r0 = src + (s * kc + 2 * p) * L;
+            const int odd = 2 * p + 1 < kc;
+            uint32_t *d = dst + (s * kc2 + p) * L;
+            for (int l = 0; l < L; l += 16) {
+                const __mmask16 m = (__mmask16)(L - l >= 16 ? 0xFFFF : (1u << (L - l)) - 1);
+                const __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, r0 + l)));
+                const __m512i hi = odd ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, r0 + L + l)))
+                                       : _mm512_setzero_si512();
+                _mm512_mask_storeu_epi32(d + l, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+        }
+}
+#else
+// v (n) rounded to bf16 in place (the packed operands of a bf16 GEMM without AVX-512 BF16).
+static void qlora__bf16_round_span(float *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) v[i] = qlora__bf16_round(v[i]);
+}
+#endif
+
 // ap = A rows [i0, i0+mc) x reduction [k0, k0+kc), alpha applied, as MR-row slivers:
 // ap[s·kc·MR + k·MR + r] = A(i0 + s·MR + r, k0 + k), rows past mc zero.
 static void qlora__pack_a(float *ap, const qlora__mm *p, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
@@ -2679,7 +2765,9 @@ static void qlora__pack_b(float *bp, float *tmp, const qlora__mm *p, int64_t k0,
 }
 
 // One thread's share: a tile of C (rows in MR units, columns in NR units) chosen from tid, nt.
-static void qlora__mm_thread(const qlora__mm *p, float *ap, float *bp, float *tmp, int tid, int nt) {
+// ap16 and bp16 hold the bf16 pairs of ap and bp (p->bf16 with AVX-512 BF16 only).
+static void qlora__mm_thread(const qlora__mm *p, float *ap, float *bp, float *tmp, uint32_t *ap16, uint32_t *bp16,
+                             int tid, int nt) {
     const int64_t M = p->M, N = p->N, K = p->K;
     const int64_t nsn = (N + QLORA__NR - 1) / QLORA__NR, nsm = (M + QLORA__MR - 1) / QLORA__MR;
     // Grid: columns first (each column range packs its own part of B), rows when columns run out.
@@ -2694,10 +2782,32 @@ static void qlora__mm_thread(const qlora__mm *p, float *ap, float *bp, float *tm
         for (int64_t pc = 0; pc < K; pc += QLORA__KC) {
             const int64_t kc = qlora__min64(QLORA__KC, K - pc);
             const int add = !(p->overwrite && pc == 0);
+            const int64_t nsa = (mc + QLORA__MR - 1) / QLORA__MR;
             qlora__pack_a(ap, p, ic, mc, pc, kc);
+#if defined(QLORA__AVX512BF16)
+            if (p->bf16) qlora__bf16_pairs(ap16, ap, nsa, kc, QLORA__MR);
+#else
+            if (p->bf16) qlora__bf16_round_span(ap, nsa * QLORA__MR * kc);
+            (void)ap16;
+            (void)bp16;
+#endif
             for (int64_t jc = j_begin; jc < j_end; jc += QLORA__NC) {
-                const int64_t nc = qlora__min64(QLORA__NC, j_end - jc);
+                const int64_t nc = qlora__min64(QLORA__NC, j_end - jc), nsb = (nc + QLORA__NR - 1) / QLORA__NR;
                 qlora__pack_b(bp, tmp, p, pc, kc, jc, nc);
+#if defined(QLORA__AVX512BF16)
+                if (p->bf16) {
+                    const int64_t kc2 = (kc + 1) / 2;
+                    qlora__bf16_pairs(bp16, bp, nsb, kc, QLORA__NR);
+                    for (int64_t ir = 0; ir < mc; ir += QLORA__MR)
+                        for (int64_t jr = 0; jr < nc; jr += QLORA__NR)
+                            qlora__ukernel_bf16(kc2, ap16 + ir * kc2, bp16 + jr * kc2, p->c + (ic + ir) * p->ldc + jc + jr,
+                                                p->ldc, (int)qlora__min64(QLORA__MR, mc - ir),
+                                                (int)qlora__min64(QLORA__NR, nc - jr), add);
+                    continue;
+                }
+#else
+                if (p->bf16) qlora__bf16_round_span(bp, nsb * QLORA__NR * kc);
+#endif
                 for (int64_t ir = 0; ir < mc; ir += QLORA__MR)
                     for (int64_t jr = 0; jr < nc; jr += QLORA__NR)
                         qlora__ukernel(kc, ap + ir * kc, bp + jr * kc, p->c + (ic + ir) * p->ldc + jc + jr, p->ldc,
@@ -2727,7 +2837,14 @@ static int qlora__mm_run(const qlora__mm *p) {
     const int64_t nc = (qlora__min64(QLORA__NC, N) + QLORA__NR - 1) / QLORA__NR * QLORA__NR;
     const int64_t na = (mc * kc + 15) / 16 * 16, nb = (kc * nc + 15) / 16 * 16;
     const int64_t ntmp = (int64_t)QLORA__NR * QLORA__KC;
-    const int64_t per = na + nb + ntmp;
+    // bf16 pairs of the packed A and B (uint32 each): half as many elements, rounded up to 16
+#if defined(QLORA__AVX512BF16)
+    const int64_t kc2 = (kc + 1) / 2;
+    const int64_t na16 = p->bf16 ? (mc * kc2 + 15) / 16 * 16 : 0, nb16 = p->bf16 ? (kc2 * nc + 15) / 16 * 16 : 0;
+#else
+    const int64_t na16 = 0, nb16 = 0;
+#endif
+    const int64_t per = na + nb + ntmp + na16 + nb16;
     float *buf = (float *)qlora__alloc(((int64_t)nt * per + 16) * (int64_t)sizeof(float));
     if (!buf) return 0;
     float *base = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
@@ -2741,7 +2858,8 @@ static int qlora__mm_run(const qlora__mm *p) {
         team = omp_get_num_threads();
 #endif
         float *mine = base + (int64_t)tid * per;
-        qlora__mm_thread(p, mine, mine + na, mine + na + nb, tid, team);
+        float *pairs = mine + na + nb + ntmp;
+        qlora__mm_thread(p, mine, mine + na, mine + na + nb, (uint32_t *)pairs, (uint32_t *)(pairs + na16), tid, team);
     }
     QLORA_FREE(buf);
     return 1;
@@ -3469,7 +3587,8 @@ static qlora_status qlora__nf4_linear_check(const char *fn, const void *out, con
 }
 
 // The NF4 GEMM on the own kernels: fwd: y (M, N) = x (M, K)·Wᵀ; bwd: dx (M, K) += dy (M, N)·W.
-static int qlora__nf4_gemm(int fwd, float *out, const float *in, const qlora_nf4 *w, int64_t M) {
+// bf16: both operands rounded to bf16 (see qlora__nf4_dispatch).
+static int qlora__nf4_gemm(int fwd, float *out, const float *in, const qlora_nf4 *w, int64_t M, int bf16) {
     qlora__mm p;
     memset(&p, 0, sizeof p);
     p.M = M;
@@ -3484,15 +3603,22 @@ static int qlora__nf4_gemm(int fwd, float *out, const float *in, const qlora_nf4
     p.c = out;
     p.ldc = p.N;
     p.overwrite = fwd;
+    p.bf16 = bf16;
     return qlora__mm_run(&p);
 }
 
 // Runs one NF4 matmul on the CPU path `kernel` asks for. Returns 0 on NOMEM.
 // AUTO takes the BLAS panel path only when the own kernels are portable C (no SIMD level compiled):
 // with a SIMD micro-kernel they match OpenBLAS' sgemm and need no fp32 copy of W.
+// QLORA_COMPUTE_BF16 has two forms, as bitsandbytes does: a forward of M <= 8 rows with in % 128 == 0
+// (decoding) is the GEMV form (qlora__nf4_forward_bf16_ref: the codebook rounded, per-block fp32
+// scales); every other forward and every backward is the GEMM form (dequantize W in fp32, round it
+// and X (dY) to bf16, sum the exact products in fp32), on the own GEMM whatever `kernel` says
+// except REF.
 static int qlora__nf4_dispatch(qlora_kernel kernel, qlora_compute compute, int fwd, float *out, const float *in,
                                const qlora_nf4 *w, int64_t M) {
-    if (fwd && compute == QLORA_COMPUTE_BF16 && M <= QLORA__GEMV_M && w->cols % 128 == 0) {
+    const int bf16 = compute == QLORA_COMPUTE_BF16;
+    if (bf16 && fwd && M <= QLORA__GEMV_M && w->cols % 128 == 0) {
         if (kernel == QLORA_KERNEL_REF || !qlora__gemv_ok(w, M)) {
             qlora__nf4_forward_bf16_ref(out, in, w, M);
             return 1;
@@ -3500,10 +3626,11 @@ static int qlora__nf4_dispatch(qlora_kernel kernel, qlora_compute compute, int f
         return qlora__nf4_gemv_forward(out, in, w, M, 1);
     }
     if (kernel == QLORA_KERNEL_REF) {
-        if (fwd) qlora__nf4_forward_ref(out, in, w, M);
-        else qlora__nf4_backward_ref(out, in, w, M);
+        if (fwd) qlora__nf4_forward_ref(out, in, w, M, bf16);
+        else qlora__nf4_backward_ref(out, in, w, M, bf16);
         return 1;
     }
+    if (bf16) return qlora__nf4_gemm(fwd, out, in, w, M, 1);
 #ifdef QLORA_USE_OPENBLAS
 #if defined(QLORA__AVX512) || defined(QLORA__AVX2) || defined(QLORA__NEON)
     const int auto_blas = 0;
@@ -3516,7 +3643,7 @@ static int qlora__nf4_dispatch(qlora_kernel kernel, qlora_compute compute, int f
 #endif
     if (qlora__gemv_ok(w, M))
         return fwd ? qlora__nf4_gemv_forward(out, in, w, M, 0) : qlora__nf4_gemv_backward(out, in, w, M);
-    return qlora__nf4_gemm(fwd, out, in, w, M);
+    return qlora__nf4_gemm(fwd, out, in, w, M, 0);
 }
 
 QLORADEF qlora_status qlora_nf4_linear_forward(const qlora_exec *ex, float *y, const float *x,
@@ -3549,7 +3676,7 @@ QLORADEF qlora_status qlora_nf4_linear_backward(const qlora_exec *ex, float *dx,
         st = ex->backend->nf4_linear_backward(ex->backend->user, dx, dy, w, M, err);
         if (st != QLORA_ERR_UNSUPPORTED) return st;
     }
-    if (!qlora__nf4_dispatch(ex ? ex->kernel : QLORA_KERNEL_AUTO, QLORA_COMPUTE_F32, 0, dx, dy, w, M))
+    if (!qlora__nf4_dispatch(ex ? ex->kernel : QLORA_KERNEL_AUTO, ex ? ex->compute : QLORA_COMPUTE_F32, 0, dx, dy, w, M))
         return qlora__fail(err, QLORA_ERR_NOMEM, "%s: no memory for the packing buffers (M = %lld, w (%lld, %lld))",
                            fn, (long long)M, (long long)w->rows, (long long)w->cols);
     return QLORA_OK;
@@ -3558,20 +3685,22 @@ QLORADEF qlora_status qlora_nf4_linear_backward(const qlora_exec *ex, float *dx,
 // ---------------------------------------------------------------------------------------------
 // Dense fp32 matmul
 
-// C (M, N) = alpha·op(A)·op(B) + beta·C with plain loops (the reference).
+// C (M, N) = alpha·op(A)·op(B) + beta·C with plain loops (the reference). bf16: alpha·op(A) and
+// op(B) rounded to bf16, their exact products summed in fp32 (qlora__sgemm_frozen's arithmetic).
 static void qlora__sgemm_ref(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                              const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                             float *C, int64_t ldc) {
+                             float *C, int64_t ldc, int bf16) {
     for (int64_t i = 0; i < M; i++) {
         for (int64_t j = 0; j < N; j++) {
             float acc = 0.0f;
             for (int64_t k = 0; k < K; k++) {
                 float a = trans_a ? A[k * lda + i] : A[i * lda + k];
                 float b = trans_b ? B[j * ldb + k] : B[k * ldb + j];
-                acc += a * b;
+                acc += bf16 ? qlora__bf16_round(alpha * a) * qlora__bf16_round(b) : a * b;
             }
             float *c = C + i * ldc + j;
-            *c = (beta == 0.0f) ? alpha * acc : alpha * acc + beta * *c;
+            if (bf16) *c = (beta == 0.0f) ? acc : acc + beta * *c;
+            else *c = (beta == 0.0f) ? alpha * acc : alpha * acc + beta * *c;
         }
     }
 }
@@ -3770,7 +3899,7 @@ QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_
     if (K > 0 && (!A || !B || lda < (trans_a ? M : K) || lda < 1 || ldb < (trans_b ? K : N) || ldb < 1)) return;
     const qlora_kernel kernel = ex ? ex->kernel : QLORA_KERNEL_AUTO;
     if (kernel == QLORA_KERNEL_REF) {
-        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0);
         return;
     }
     // A few rows against a transposed B (decoding): dot products beat a packed GEMM, which would copy
@@ -3811,8 +3940,44 @@ QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_
     qlora__sgemm_scale_c(C, M, N, ldc, beta);
     if (!qlora__mm_run(&p)) {
         // No memory for packing buffers: the reference loops need none (C already holds beta·C).
-        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc);
+        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc, 0);
     }
+}
+
+// The matmuls on a frozen dense weight (the model's lm_head): qlora_sgemm, except that
+// QLORA_COMPUTE_BF16 with more than 8 rows rounds alpha·op(A) and op(B) to bf16 as the own GEMM packs
+// them and sums the exact products in fp32, as the NF4 GEMMs do (bitsandbytes' recipe keeps lm_head in
+// bf16). Decoding (M <= 8) stays fp32: rounding on the fly would not read fewer bytes.
+static void qlora__sgemm_frozen(const qlora_exec *ex, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                                float *C, int64_t ldc) {
+    if (!ex || ex->compute != QLORA_COMPUTE_BF16 || M <= QLORA__GEMV_M || K <= 0) {
+        qlora_sgemm(ex, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    if (ex->kernel == QLORA_KERNEL_REF) {
+        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1);
+        return;
+    }
+    qlora__mm p;
+    memset(&p, 0, sizeof p);
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.a = A;
+    p.a_rs = trans_a ? 1 : lda;
+    p.a_cs = trans_a ? lda : 1;
+    p.alpha = alpha;
+    p.b = B;
+    p.b_rs = trans_b ? 1 : ldb;
+    p.b_cs = trans_b ? ldb : 1;
+    p.c = C;
+    p.ldc = ldc;
+    p.overwrite = (beta == 0.0f);
+    p.bf16 = 1;
+    qlora__sgemm_scale_c(C, M, N, ldc, beta);
+    if (!qlora__mm_run(&p))
+        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc, 1);
 }
 
 #if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
@@ -9899,7 +10064,7 @@ static qlora_status qlora__ll_forward(qlora_model *m, qlora_train_state *ts, con
     qlora_rmsnorm_forward(ts->lnf, ts->rstdf, ts->resid + (int64_t)c->n_layers * M * C, m->final_norm, M, C,
                           c->rms_norm_eps);
     // logits (M, V) = lnf (M, C) · lm_headᵀ
-    qlora_sgemm(&m->exec, 0, 1, M, V, C, 1.0f, ts->lnf, C, m->lm_head, C, 0.0f, ts->logits, V);
+    qlora__sgemm_frozen(&m->exec, 0, 1, M, V, C, 1.0f, ts->lnf, C, m->lm_head, C, 0.0f, ts->logits, V);
     ts->training = training;
     if (!labels) return QLORA_OK;
     qlora__ce_forward(&ts->loss_sum, &ts->n_counted, NULL, ts->lse, ts->logits, ts->targets, M, V);
@@ -9947,7 +10112,7 @@ static qlora_status qlora__ll_backward(qlora_model *m, qlora_train_state *ts, fl
             continue;
         }
         qlora__ce_backward(ts->dlogits, ts->logits + r0 * V, ts->lse + r0, ts->targets + r0, R, V, scale, 1);
-        qlora_sgemm(&m->exec, 0, 0, R, C, V, 1.0f, ts->dlogits, V, m->lm_head, C, 0.0f, dlnf, C);
+        qlora__sgemm_frozen(&m->exec, 0, 0, R, C, V, 1.0f, ts->dlogits, V, m->lm_head, C, 0.0f, dlnf, C);
         // d lm_head (V, C) += dlogitsᵀ · lnf (the embedding's gradient when tied)
         if (g)
             qlora_sgemm(&m->exec, 1, 0, V, C, R, 1.0f, ts->dlogits, V, ts->lnf + r0 * C, C, 1.0f,

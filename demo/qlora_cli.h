@@ -194,9 +194,11 @@ static const cli_opt cli_opts[] = {
      "Vulkan device index or name substring (may name a CPU device such as llvmpipe)", 0},
     {"kernel", T_STR, "auto", CMD_RUN, "auto|ref|simd|blas", "CPU kernel choice for NF4 and dense matmuls",
      0},
-    {"compute", T_STR, "fp32", CMD_GENERATE, "fp32|bf16",
-     "arithmetic of the NF4 matmuls while decoding (M <= 8 rows): bf16 rounds inputs and codebook to bf16 and sums "
-     "in fp32, as bitsandbytes' compute_dtype=bfloat16; faster where the CPU has AVX-512 BF16",
+    {"compute", T_STR, "fp32", CMD_RUN, "fp32|bf16",
+     "arithmetic of the matmuls on frozen weights (the NF4 projections, and lm_head over more than 8 rows): bf16 "
+     "rounds both operands to bf16 and sums the exact products in fp32, as bitsandbytes' compute_dtype=bfloat16 "
+     "(QLoRA's recipe; about 2x the GEMM speed where the CPU has AVX-512 BF16, the same speed elsewhere); fp32 is "
+     "the arithmetic the tests hold against PyTorch",
      0},
     {"threads", T_INT, "0", CMD_ALL, NULL, "OpenMP threads (0: OMP_NUM_THREADS or every core)", 0},
     // data

@@ -86,7 +86,7 @@ static int cli_backend_open(cli_backend *be, const cli_cfg *c) {
     qlora_cpu_info ci = qlora_cpu_info_get();
     snprintf(be->name, sizeof be->name, "cpu (%s, %d thread%s, blas %s%s)", ci.simd, ci.omp_threads,
              ci.omp_threads == 1 ? "" : "s", ci.blas_compiled ? ci.blas_core : "off",
-             be->exec.compute == QLORA_COMPUTE_BF16 ? (ci.bf16_dot ? ", decode bf16" : ", decode bf16 (emulated)") : "");
+             be->exec.compute == QLORA_COMPUTE_BF16 ? (ci.bf16_dot ? ", compute bf16" : ", compute bf16 (emulated)") : "");
     if (!strcmp(b, "cpu")) return 1;
     int required = !strcmp(b, "vulkan=required");
 #ifdef CLI_HAVE_VULKAN
@@ -1060,7 +1060,7 @@ static const char *const tr_strict_keys[] = {
     "rank",       "alpha",           "dropout",       "targets",      "use_rslora",     "optim",
     "lr",         "lr_scheduler",    "warmup_ratio",  "warmup_steps", "weight_decay",   "adam_beta1",
     "adam_beta2", "adam_epsilon",    "max_grad_norm", "batch_size",   "grad_accum",     "seed",
-    "data_seed",  "group_by_length", "blocksize",     "double_quant",
+    "data_seed",  "group_by_length", "blocksize",     "double_quant",   "compute",
 };
 
 static int tr_check_resume_config(const cli_cfg *c, const char *ckdir) {

@@ -293,8 +293,9 @@ static void check_thread_independence(void) {
     const int saved = omp_get_max_threads();
     static const struct { int64_t M, K, N; int32_t bs; int dq; } cases[] = {
         { 1, 512, 300, 64, 0 }, { 5, 512, 300, 64, 1 }, { 64, 320, 300, 64, 0 }, { 3, 320, 301, 128, 0 },
+        { 200, 512, 301, 64, 1 },
     };
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < 5; c++) {
         const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
         qlora_nf4 w;
         make_w(&w, N, K, cases[c].bs, cases[c].dq, 500 + (unsigned long long)c);
@@ -323,20 +324,25 @@ static void check_thread_independence(void) {
             tu_check(same, name, "results depend on the thread count");
             for (int t = 0; t < 3; t++) { free(y[t]); free(dx[t]); }
         }
-        if (M <= 8 && K % 128 == 0) {   // QLORA_COMPUTE_BF16 forward: the bf16 GEMV's pieces
+        {   // QLORA_COMPUTE_BF16: the bf16 GEMV's pieces (M <= 8 forward), the bf16 GEMM otherwise
             qlora_exec ex = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_BF16 };
             int same = 1;
             for (int t = 0; t < 3; t++) {
                 y[t] = (float *)malloc((size_t)(M * N) * sizeof(float));
+                dx[t] = (float *)malloc((size_t)(M * K) * sizeof(float));
+                for (int64_t i = 0; i < M * K; i++) dx[t][i] = 0.25f;
                 omp_set_num_threads(t + 1);
                 qlora_nf4_linear_forward(&ex, y[t], x, &w, M, NULL);
-                if (t) same = same && !memcmp(y[0], y[t], (size_t)(M * N) * sizeof(float));
+                qlora_nf4_linear_backward(&ex, dx[t], dy, &w, M, NULL);
+                if (t)
+                    same = same && !memcmp(y[0], y[t], (size_t)(M * N) * sizeof(float)) &&
+                           !memcmp(dx[0], dx[t], (size_t)(M * K) * sizeof(float));
             }
             char name[128];
             snprintf(name, sizeof name, "bf16 compute: bit-identical with 1, 2, 3 threads (M=%lld K=%lld N=%lld)",
                      (long long)M, (long long)K, (long long)N);
             tu_check(same, name, "results depend on the thread count");
-            for (int t = 0; t < 3; t++) free(y[t]);
+            for (int t = 0; t < 3; t++) { free(y[t]); free(dx[t]); }
         }
         free(x); free(dy);
         free_w(&w);
@@ -644,7 +650,7 @@ static double bf16_indep(float v) {
 
 // QLORA_COMPUTE_BF16: the scalar reference against a double-precision product of bf16-rounded x and
 // codebook, every kernel against the reference, the distance to fp32 (bf16 precision, not more),
-// fp32 outside the contract (M > 8, in % 128 != 0), NaN rows, thread independence, and the rounding.
+// the GEMM form outside the GEMV's contract (M > 8, in % 128 != 0, backward), NaN rows, and the rounding.
 static void check_bf16_compute(void) {
     {
         const float one_tie = 1.0f + 1.0f / 256.0f, odd_tie = 1.0f + 3.0f / 256.0f;
@@ -734,26 +740,157 @@ static void check_bf16_compute(void) {
         free(x); free(yr); free(y); free(yf);
         free_w(&w);
     }
-    // Outside the contract the arithmetic is fp32: M = 9, and in = 96 (not a multiple of 128).
+    // The GEMM form (every forward outside M <= 8 with in % 128 == 0, every backward): x (dy) and the
+    // dequantized W rounded to bf16, exact products summed in fp32. Against a double-precision sum of
+    // the independently rounded factors, for REF and every kernel, forward and backward; and at bf16
+    // distance from fp32, not equal to it (an fp32 GEMM would be 2^-9 away from this reference).
     {
-        static const struct { int64_t M, K, N; } oc[] = { { 9, 128, 30 }, { 1, 96, 30 }, { 3, 200, 17 } };
-        for (int c = 0; c < 3; c++) {
+        static const struct { int64_t M, K, N; int32_t bs; int dq; } oc[] = {
+            { 9, 128, 30, 64, 1 }, { 1, 96, 30, 32, 0 }, { 3, 200, 17, 64, 1 }, { 37, 130, 45, 64, 0 },
+            { 100, 512, 70, 64, 1 }, { 13, 777, 33, 128, 1 },
+        };
+        for (int c = 0; c < (int)(sizeof oc / sizeof *oc); c++) {
             const int64_t M = oc[c].M, K = oc[c].K, N = oc[c].N;
             qlora_nf4 w;
-            make_w(&w, N, K, 64, 1, 950 + (unsigned long long)c);
+            if (!make_w(&w, N, K, oc[c].bs, oc[c].dq, 950 + (unsigned long long)c)) {
+                tu_check(0, "make_w", "out of memory");
+                return;
+            }
             float *x = (float *)malloc((size_t)(M * K) * sizeof(float));
-            float *y1 = (float *)malloc((size_t)(M * N) * sizeof(float));
-            float *y2 = (float *)malloc((size_t)(M * N) * sizeof(float));
+            float *dy = (float *)malloc((size_t)(M * N) * sizeof(float));
+            float *y = (float *)malloc((size_t)(M * N) * sizeof(float));
+            float *dx = (float *)malloc((size_t)(M * K) * sizeof(float));
+            float *yf = (float *)malloc((size_t)(M * N) * sizeof(float));
+            double *wd = (double *)malloc((size_t)(N * K) * sizeof(double));
+            double *ys = (double *)calloc((size_t)(M * N), sizeof(double)), *yb = (double *)calloc((size_t)(M * N), sizeof(double));
+            double *xs = (double *)calloc((size_t)(M * K), sizeof(double)), *xb = (double *)calloc((size_t)(M * K), sizeof(double));
             tu_fill_normal(x, (long)(M * K), 1.0);
-            qlora_exec e1 = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_BF16 }, e2 = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_F32 };
-            qlora_nf4_linear_forward(&e1, y1, x, &w, M, NULL);
-            qlora_nf4_linear_forward(&e2, y2, x, &w, M, NULL);
-            char name[128];
-            snprintf(name, sizeof name, "bf16 compute: fp32 outside M <= 8 and in %% 128 == 0 (M=%lld K=%lld)",
-                     (long long)M, (long long)K);
-            tu_check(!memcmp(y1, y2, (size_t)(M * N) * sizeof(float)), name, "results differ from fp32");
-            free(x); free(y1); free(y2);
+            tu_fill_normal(dy, (long)(M * N), 1.0);
+            for (int64_t n = 0; n < N; n++)   // bf16 of the fp32 dequantized element (code · scale)
+                for (int64_t k = 0; k < K; k++) {
+                    const int64_t e = n * K + k;
+                    const int code = (e & 1) ? (w.codes[e >> 1] & 15) : (w.codes[e >> 1] >> 4);
+                    wd[e] = bf16_indep(cb[code] * qlora_nf4_block_scale(&w, e / w.blocksize));
+                }
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t n = 0; n < N; n++)
+                    for (int64_t k = 0; k < K; k++) {
+                        const double tf = bf16_indep(x[m * K + k]) * wd[n * K + k];
+                        const double tb = bf16_indep(dy[m * N + n]) * wd[n * K + k];
+                        ys[m * N + n] += tf;
+                        yb[m * N + n] += fabs(tf);
+                        xs[m * K + k] += tb;
+                        xb[m * K + k] += fabs(tb);
+                    }
+            int ok[4] = { 1, 1, 1, 1 }, ok_f32 = 1, differs = 0;
+            char det[200] = "";
+            static const qlora_kernel ks[] = { QLORA_KERNEL_REF, QLORA_KERNEL_SIMD, QLORA_KERNEL_BLAS, QLORA_KERNEL_AUTO };
+            static const char *const kn[] = { "ref", "simd", "blas", "auto" };
+            for (int ik = 0; ik < 4; ik++) {
+                qlora_exec ex = { ks[ik], NULL, QLORA_COMPUTE_BF16 };
+                for (int64_t i = 0; i < M * N; i++) y[i] = NAN;
+                for (int64_t i = 0; i < M * K; i++) dx[i] = 0.5f;
+                if (qlora_nf4_linear_forward(&ex, y, x, &w, M, NULL) != QLORA_OK ||
+                    qlora_nf4_linear_backward(&ex, dx, dy, &w, M, NULL) != QLORA_OK) {
+                    ok[ik] = 0;
+                    continue;
+                }
+                const int gemv = M <= 8 && K % 128 == 0;
+                for (int64_t i = 0; i < M * N && !gemv; i++)
+                    if (!(fabs(y[i] - ys[i]) <= 1e-5 * yb[i] + 1e-6)) {
+                        if (ok[ik]) snprintf(det, sizeof det, "%s forward [%lld] got %.9g want %.9g", kn[ik], (long long)i,
+                                             (double)y[i], ys[i]);
+                        ok[ik] = 0;
+                    }
+                for (int64_t i = 0; i < M * K; i++)
+                    if (!(fabs(dx[i] - 0.5 - xs[i]) <= 1e-5 * xb[i] + 1e-6)) {
+                        if (ok[ik]) snprintf(det, sizeof det, "%s backward [%lld] got %.9g want %.9g", kn[ik], (long long)i,
+                                             (double)dx[i] - 0.5, xs[i]);
+                        ok[ik] = 0;
+                    }
+                if (ks[ik] == QLORA_KERNEL_AUTO && !gemv) {
+                    qlora_exec ef = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_F32 };
+                    qlora_nf4_linear_forward(&ef, yf, x, &w, M, NULL);
+                    for (int64_t i = 0; i < M * N; i++) {
+                        if (!(fabs(y[i] - yf[i]) <= yb[i] / 128.0)) ok_f32 = 0;
+                        if (y[i] != yf[i]) differs = 1;
+                    }
+                }
+            }
+            char name[192];
+            for (int ik = 0; ik < 4; ik++) {
+                snprintf(name, sizeof name, "bf16 compute, GEMM form: %s forward + backward vs double of bf16 factors "
+                         "(M=%lld K=%lld N=%lld bs %d%s)", kn[ik], (long long)M, (long long)K, (long long)N, oc[c].bs,
+                         oc[c].dq ? " DQ" : "");
+                tu_check(ok[ik], name, "%s", det);
+            }
+            if (!(M <= 8 && K % 128 == 0)) {
+                snprintf(name, sizeof name, "bf16 compute, GEMM form: within bf16 precision of fp32, not equal to it "
+                         "(M=%lld K=%lld)", (long long)M, (long long)K);
+                tu_check(ok_f32 && differs, name, "within %d, differs %d", ok_f32, differs);
+            }
+            free(x); free(dy); free(y); free(dx); free(yf); free(wd); free(ys); free(yb); free(xs); free(xb);
             free_w(&w);
+        }
+    }
+    // The dense frozen-weight GEMM (lm_head) in bf16: alpha·op(A) and op(B) rounded, exact products summed
+    // in fp32, beta 0 and 1, B transposed (logits) and not (dlnf); REF and AUTO against a double sum of
+    // the independently rounded factors; M <= 8 stays fp32 (bit-identical with qlora_sgemm).
+    {
+        static const struct { int64_t M, N, K; int tb; float alpha, beta; } fc[] = {
+            { 40, 70, 96, 1, 1.0f, 0.0f }, { 33, 96, 150, 0, 0.5f, 1.0f }, { 100, 257, 64, 1, 1.0f, 1.0f },
+        };
+        for (int c = 0; c < 3; c++) {
+            const int64_t M = fc[c].M, N = fc[c].N, K = fc[c].K;
+            float *A = (float *)malloc(sizeof(float) * (size_t)(M * K));
+            float *Bm = (float *)malloc(sizeof(float) * (size_t)(K * N));
+            float *C0 = (float *)malloc(sizeof(float) * (size_t)(M * N));
+            float *C = (float *)malloc(sizeof(float) * (size_t)(M * N));
+            tu_fill_normal(A, (long)(M * K), 1.0);
+            tu_fill_normal(Bm, (long)(K * N), 1.0);
+            tu_fill_normal(C0, (long)(M * N), 1.0);
+            const int64_t ldb = fc[c].tb ? K : N;
+            int ok[2] = { 1, 1 }, differs = 0;
+            for (int ik = 0; ik < 2; ik++) {
+                qlora_exec ex = { ik ? QLORA_KERNEL_AUTO : QLORA_KERNEL_REF, NULL, QLORA_COMPUTE_BF16 };
+                memcpy(C, C0, sizeof(float) * (size_t)(M * N));
+                qlora__sgemm_frozen(&ex, 0, fc[c].tb, M, N, K, fc[c].alpha, A, K, Bm, ldb, fc[c].beta, C, N);
+                for (int64_t i = 0; i < M; i++)
+                    for (int64_t j = 0; j < N; j++) {
+                        double sum = 0.0, b = 0.0;
+                        for (int64_t k = 0; k < K; k++) {
+                            const double t = bf16_indep(fc[c].alpha * A[i * K + k]) *
+                                             bf16_indep(fc[c].tb ? Bm[j * K + k] : Bm[k * N + j]);
+                            sum += t;
+                            b += fabs(t);
+                        }
+                        const double want = sum + (fc[c].beta != 0.0f ? (double)fc[c].beta * C0[i * N + j] : 0.0);
+                        if (!(fabs(C[i * N + j] - want) <= 1e-5 * b + 1e-5)) ok[ik] = 0;
+                    }
+                if (ik) {
+                    float *Cf = (float *)malloc(sizeof(float) * (size_t)(M * N));
+                    memcpy(Cf, C0, sizeof(float) * (size_t)(M * N));
+                    qlora_sgemm(NULL, 0, fc[c].tb, M, N, K, fc[c].alpha, A, K, Bm, ldb, fc[c].beta, Cf, N);
+                    differs = memcmp(Cf, C, sizeof(float) * (size_t)(M * N)) != 0;
+                    free(Cf);
+                }
+            }
+            char name[160];
+            snprintf(name, sizeof name, "bf16 compute, dense frozen GEMM: ref and auto vs double of bf16 factors, "
+                     "differs from fp32 (M=%lld N=%lld K=%lld%s)", (long long)M, (long long)N, (long long)K,
+                     fc[c].tb ? " B^T" : "");
+            tu_check(ok[0] && ok[1] && differs, name, "ref %d auto %d differs %d", ok[0], ok[1], differs);
+            free(A); free(Bm); free(C0); free(C);
+        }
+        {   // decoding rows stay fp32
+            float A[3 * 64], Bm[50 * 64], C1[3 * 50], C2[3 * 50];
+            tu_fill_normal(A, 3 * 64, 1.0);
+            tu_fill_normal(Bm, 50 * 64, 1.0);
+            qlora_exec ex = { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_BF16 };
+            qlora__sgemm_frozen(&ex, 0, 1, 3, 50, 64, 1.0f, A, 64, Bm, 64, 0.0f, C1, 50);
+            qlora_sgemm(&ex, 0, 1, 3, 50, 64, 1.0f, A, 64, Bm, 64, 0.0f, C2, 50);
+            tu_check(!memcmp(C1, C2, sizeof C1), "bf16 compute, dense frozen GEMM: M <= 8 is qlora_sgemm's fp32",
+                     "differs");
         }
     }
     // A NaN in one row of x stays in that row of y (thread independence: check_thread_independence).

@@ -11,12 +11,15 @@ norms and lm_head are frozen. One step = forward, shifted cross-entropy (mean), 
 
 Usage: torch_lora_step.py --dim 288 --layers 6 --heads 6 --hidden 768 --vocab 32000 --T 256 --B 8
                           [--rank 16] [--steps 3] [--warmup 1] [--threads 2]
-Prints `key value` lines: torch, threads, blas_core, blas_note, aten_cpu_capability, trainable_params,
+Prints `key value` lines: torch, threads, blas_core, blas_note, blas_lib, malloc, aten_cpu_capability, trainable_params,
 step_s_best, step_s_mean, step_cpu_s_min (CPU seconds of all threads), best_step_sys_share (kernel
 CPU-seconds / all CPU-seconds of the best step: page faults), best_step_minor_faults,
 tokens_per_s, peak_rss_kb, loss. When torch is missing it prints `SKIP <reason>` and exits 0.
-If OpenBLAS in this process picked a core that does not match the CPU (an AVX-512 CPU running
-non-AVX-512 kernels), the script re-executes itself once with OPENBLAS_CORETYPE set and says so.
+torch runs in its best configuration here: the script re-executes itself once with OPENBLAS_CORETYPE
+set when OpenBLAS picked a core that does not match the CPU, with OpenBLAS' OpenMP build when the
+pthreads build was loaded (two thread pools oversubscribe the cores), and with glibc malloc told to
+keep freed memory (no page faults for the activations of every step); it prints what it used
+(blas_core, blas_note, blas_lib, malloc).
 """
 import argparse
 import ctypes
@@ -86,17 +89,34 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
 
-    # BLAS core check (a matmul makes torch load and initialize its BLAS)
-    torch.ones(64, 64) @ torch.ones(64, 64)
+    # torch's best configuration on this machine, set up by re-executing once (these are read at
+    # process start):
+    # - OpenBLAS on the right core type (Debian's 0.3.21 does not know every AVX-512 CPU);
+    # - OpenBLAS' OpenMP build, not its pthreads build: torch runs its own OpenMP pool, and a second
+    #   pool of BLAS threads beside it oversubscribes the cores (measured on config M: 6.9 s per
+    #   step with the pthreads build, 4.3 s with the OpenMP build);
+    # - glibc malloc keeps freed memory: torch allocates its activations afresh every step, and
+    #   returning them to the kernel makes every step page-fault them back in (223 thousand minor
+    #   faults per M step; 4.3 s -> 3.8 s without them).
+    torch.ones(64, 64) @ torch.ones(64, 64)   # makes torch load and initialize its BLAS
     cores = blas_cores()
     flags = cpu_flags()
     want = "SkylakeX" if "avx512f" in flags else ("Haswell" if "avx2" in flags else None)
     ok_set = AVX512_CORES if "avx512f" in flags else AVX2_CORES
     bad = [c for _, c in cores if c.lower() not in ok_set]
-    if bad and want and not os.environ.get("QLORA_TORCH_CORE_WAS"):
+    if not os.environ.get("QLORA_TORCH_TUNED"):
         env = dict(os.environ)
-        env["QLORA_TORCH_CORE_WAS"] = bad[0]
-        env["OPENBLAS_CORETYPE"] = want
+        env["QLORA_TORCH_TUNED"] = "1"
+        if bad and want:
+            env["QLORA_TORCH_CORE_WAS"] = bad[0]
+            env["OPENBLAS_CORETYPE"] = want
+        for lib, _ in cores:
+            omp_dir = os.path.dirname(lib).replace("openblas-pthread", "openblas-openmp")
+            if "openblas-pthread" in lib and os.path.exists(os.path.join(omp_dir, os.path.basename(lib))):
+                env["LD_LIBRARY_PATH"] = omp_dir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+        for k, v in (("MALLOC_MMAP_THRESHOLD_", "4294967296"), ("MALLOC_TRIM_THRESHOLD_", "68719476736"),
+                     ("MALLOC_TOP_PAD_", "1073741824")):
+            env.setdefault(k, v)
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
     core = cores[0][1] if cores else "none (torch BLAS is not OpenBLAS)"
@@ -107,6 +127,9 @@ def main():
         note = "detected core matches this CPU; used as is"
     else:
         note = "no OpenBLAS loaded"
+    blas_lib = cores[0][0] if cores else "none"
+    malloc_note = "MALLOC_MMAP_THRESHOLD_=%s MALLOC_TRIM_THRESHOLD_=%s" % (
+        os.environ.get("MALLOC_MMAP_THRESHOLD_", "default"), os.environ.get("MALLOC_TRIM_THRESHOLD_", "default"))
 
     C, L, NH, H, V, T, B, R = a.dim, a.layers, a.heads, a.hidden, a.vocab, a.T, a.B, a.rank
     HD = C // NH
@@ -208,6 +231,8 @@ def main():
     print("threads %d" % torch.get_num_threads())
     print("blas_core %s" % core)
     print("blas_note %s" % note)
+    print("blas_lib %s" % blas_lib)
+    print("malloc %s" % malloc_note)
     print("aten_cpu_capability %s" % os.environ.get("ATEN_CPU_CAPABILITY", "(not set: torch's own choice)"))
     print("trainable_params %d" % sum(p.numel() for p in params))
     print("step_s_best %.6f" % best)
