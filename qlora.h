@@ -2129,10 +2129,12 @@ QLORADEF size_t qlora_nf4_bytes(const qlora_nf4 *w) {
 //   The SIMD and BLAS paths allocate packing buffers per call (QLORA_ERR_NOMEM if that fails).
 
 // g++ 12 flags its own AVX-512 intrinsics (_mm512_undefined_* is a self-initialization) with
-// -Wmaybe-uninitialized once they are inlined here; silence that for this section only.
+// -Wmaybe-uninitialized and -Wuninitialized once they are inlined here; silence those for this
+// section only.
 #if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #if defined(QLORA__AVX512)
@@ -2636,6 +2638,46 @@ static void qlora__bf16_pairs(uint32_t *dst, const float *src, int64_t nsl, int6
             }
         }
 }
+
+// ap16 = A rows [i0, i0+mc) x reduction [k0, k0+kc), alpha applied, as the bf16 pairs of MR-row
+// slivers (the layout qlora__bf16_pairs gives qlora__pack_a's output) in one pass, for a row-major A
+// (a_cs = 1): a pair is two neighbours in a row of A, so 32 floats of a row round to one vector of 16
+// pairs (vcvtne2ps2bf16), and 16 rows of those transpose like floats.
+static void qlora__pack_a_bf16(uint32_t *ap16, const qlora__mm *p, int64_t i0, int64_t mc, int64_t k0, int64_t kc) {
+    const int64_t kc2 = (kc + 1) / 2;
+    const __m512 al = _mm512_set1_ps(p->alpha);
+    for (int64_t s = 0; s * QLORA__MR < mc; s++) {
+        uint32_t *dst = ap16 + s * kc2 * QLORA__MR;
+        const int64_t rows = qlora__min64(QLORA__MR, mc - s * QLORA__MR);
+        const float *base = p->a + (i0 + s * QLORA__MR) * p->a_rs + k0;
+        int64_t k = 0;
+        for (; k + 32 <= kc; k += 32) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) {
+                if (i >= rows) {
+                    r[i] = _mm512_setzero_ps();
+                    continue;
+                }
+                const float *src = base + i * p->a_rs + k;
+                const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_mul_ps(al, _mm512_loadu_ps(src + 16)),
+                                                       _mm512_mul_ps(al, _mm512_loadu_ps(src)));
+                r[i] = _mm512_castsi512_ps((__m512i)b);
+            }
+            qlora__transpose16((float *)(dst + (k / 2) * QLORA__MR), QLORA__MR, r, (__mmask16)((1u << QLORA__MR) - 1));
+        }
+        for (int64_t q = k / 2; q < kc2; q++)
+            for (int64_t r = 0; r < QLORA__MR; r++) {
+                const float *src = base + r * p->a_rs;
+                const int64_t k_even = 2 * q;
+                uint32_t v = 0;
+                if (r < rows) {
+                    v = qlora__bf16_bits(p->alpha * src[k_even]);
+                    if (k_even + 1 < kc) v |= (uint32_t)qlora__bf16_bits(p->alpha * src[k_even + 1]) << 16;
+                }
+                dst[q * QLORA__MR + r] = v;
+            }
+    }
+}
 #else
 // v (n) rounded to bf16 in place (the packed operands of a bf16 GEMM without AVX-512 BF16).
 static void qlora__bf16_round_span(float *v, int64_t n) {
@@ -2783,10 +2825,15 @@ static void qlora__mm_thread(const qlora__mm *p, float *ap, float *bp, float *tm
             const int64_t kc = qlora__min64(QLORA__KC, K - pc);
             const int add = !(p->overwrite && pc == 0);
             const int64_t nsa = (mc + QLORA__MR - 1) / QLORA__MR;
-            qlora__pack_a(ap, p, ic, mc, pc, kc);
 #if defined(QLORA__AVX512BF16)
-            if (p->bf16) qlora__bf16_pairs(ap16, ap, nsa, kc, QLORA__MR);
+            if (p->bf16 && p->a_cs == 1) {
+                qlora__pack_a_bf16(ap16, p, ic, mc, pc, kc);
+            } else {
+                qlora__pack_a(ap, p, ic, mc, pc, kc);
+                if (p->bf16) qlora__bf16_pairs(ap16, ap, nsa, kc, QLORA__MR);
+            }
 #else
+            qlora__pack_a(ap, p, ic, mc, pc, kc);
             if (p->bf16) qlora__bf16_round_span(ap, nsa * QLORA__MR * kc);
             (void)ap16;
             (void)bp16;
@@ -3891,6 +3938,34 @@ static int qlora__sgemm_narrow(int trans_a, int trans_b, int64_t M, int64_t N, i
 #endif
 }
 
+// The dense GEMM on the packed engine: C = beta·C first (beta = 0 overwrites, as cblas does: old NaNs
+// do not survive), then C += alpha·op(A)·op(B); bf16 as in qlora__mm.
+static void qlora__sgemm_packed(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                                const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                                int64_t ldc, int bf16) {
+    qlora__mm p;
+    memset(&p, 0, sizeof p);
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.a = A;
+    p.a_rs = trans_a ? 1 : lda;
+    p.a_cs = trans_a ? lda : 1;
+    p.alpha = alpha;
+    p.b = B;
+    p.b_rs = trans_b ? 1 : ldb;
+    p.b_cs = trans_b ? ldb : 1;
+    p.c = C;
+    p.ldc = ldc;
+    p.overwrite = (beta == 0.0f);
+    p.bf16 = bf16;
+    qlora__sgemm_scale_c(C, M, N, ldc, beta);
+    if (!qlora__mm_run(&p)) {
+        // No memory for packing buffers: the reference loops need none (C already holds beta·C).
+        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc, bf16);
+    }
+}
+
 QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                           float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                           float beta, float *C, int64_t ldc) {
@@ -3921,27 +3996,7 @@ QLORADEF void qlora_sgemm(const qlora_exec *ex, int trans_a, int trans_b, int64_
         return;
     }
 #endif
-    // C = beta·C first (beta = 0 overwrites, as cblas does: old NaNs do not survive), then C += A·B.
-    qlora__mm p;
-    memset(&p, 0, sizeof p);
-    p.M = M;
-    p.N = N;
-    p.K = K;
-    p.a = A;
-    p.a_rs = trans_a ? 1 : lda;
-    p.a_cs = trans_a ? lda : 1;
-    p.alpha = alpha;
-    p.b = B;
-    p.b_rs = trans_b ? 1 : ldb;
-    p.b_cs = trans_b ? ldb : 1;
-    p.c = C;
-    p.ldc = ldc;
-    p.overwrite = (beta == 0.0f);
-    qlora__sgemm_scale_c(C, M, N, ldc, beta);
-    if (!qlora__mm_run(&p)) {
-        // No memory for packing buffers: the reference loops need none (C already holds beta·C).
-        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc, 0);
-    }
+    qlora__sgemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0);
 }
 
 // The matmuls on a frozen dense weight (the model's lm_head): qlora_sgemm, except that
@@ -3959,25 +4014,7 @@ static void qlora__sgemm_frozen(const qlora_exec *ex, int trans_a, int trans_b, 
         qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1);
         return;
     }
-    qlora__mm p;
-    memset(&p, 0, sizeof p);
-    p.M = M;
-    p.N = N;
-    p.K = K;
-    p.a = A;
-    p.a_rs = trans_a ? 1 : lda;
-    p.a_cs = trans_a ? lda : 1;
-    p.alpha = alpha;
-    p.b = B;
-    p.b_rs = trans_b ? 1 : ldb;
-    p.b_cs = trans_b ? ldb : 1;
-    p.c = C;
-    p.ldc = ldc;
-    p.overwrite = (beta == 0.0f);
-    p.bf16 = 1;
-    qlora__sgemm_scale_c(C, M, N, ldc, beta);
-    if (!qlora__mm_run(&p))
-        qlora__sgemm_ref(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 0.0f : 1.0f, C, ldc, 1);
+    qlora__sgemm_packed(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1);
 }
 
 #if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)

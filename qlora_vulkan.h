@@ -16,7 +16,7 @@
       qlora_vk *vk = NULL;
       qlora_vk_options opt;  memset(&opt, 0, sizeof opt);              // zero = defaults
       if (qlora_vk_init(&vk, &opt, &err) == QLORA_OK) {
-          qlora_exec ex;  ex.kernel = QLORA_KERNEL_AUTO;  ex.backend = qlora_vk_backend(vk);
+          qlora_exec ex = { QLORA_KERNEL_AUTO, qlora_vk_backend(vk), QLORA_COMPUTE_F32 };
           qlora_nf4_linear_forward(&ex, y, x, &w, M, &err);            // runs on the GPU
           qlora_vk_release(vk, &w);                                    // before qlora_nf4_free(&w)
           qlora_vk_free(vk);

@@ -26,7 +26,9 @@
 // its peak RSS (VmHWM) is its own. Other jobs on the machine slow every figure down: the load
 // average and each step's CPU-seconds / wall-seconds are printed (2.0 = both cores were ours).
 // For experiments: `bench_llama --child train S|M PEAK WARMUP STEPS TAG own` runs one config with
-// exec.kernel = QLORA_KERNEL_SIMD (the library's own GEMM for every matmul, no OpenBLAS call);
+// exec.kernel = QLORA_KERNEL_SIMD (the library's own GEMM for every matmul, no OpenBLAS call), or
+// with TAG bf16 in QLORA_COMPUTE_BF16; `bench_llama --child 7b PEAK BW 0 bf16` runs items 2 and 4 with
+// the 7b training step in bf16 compute;
 // `bench_llama --child decode LAYERS TOKENS` runs the decode of item 2 on the 7b shape cut to LAYERS
 // layers (about 0.45 GB of NF4 + 1 GB of fp32 embedding and lm_head for 4), with its own bandwidth figure.
 //
@@ -695,6 +697,8 @@ static int bl_child_7b(double peak, double bw, int quick) {
         qlora_adamw opt;
         qlora_param *params;
         const int64_t N = (int64_t)c->B * c->T;
+        m.exec.compute = bl_bf16 ? QLORA_COMPUTE_BF16 : QLORA_COMPUTE_F32;   // the decodes left it fp32
+        if (bl_bf16) printf("   (training step in QLORA_COMPUTE_BF16)\n");
         st = qlora_train_state_init(&ts, &m, c->B, c->T, c->ckpt, &err);
         if (st != QLORA_OK) bl_die("qlora_train_state_init", st, &err);
         bl_optim_init(&opt, &params, &m, c->optim_bits);
@@ -838,7 +842,8 @@ static const char *bl_mark(double ratio, double target, int higher_better) {
 int main(int argc, char **argv) {
     int want7b = 0, only7b = 0, quick = 0, notorch = 0;
     if (argc >= 3 && !strcmp(argv[1], "--child")) {
-        // --child train NAME PEAK WARMUP STEPS [TAG [own]] | --child 7b PEAK BW QUICK | --child decode LAYERS TOKENS
+        // --child train NAME PEAK WARMUP STEPS [TAG [own|bf16]] | --child 7b PEAK BW QUICK [bf16] |
+        // --child decode LAYERS TOKENS
         bc_set_threads(BC_THREADS);
         if (!strcmp(argv[2], "train") && argc >= 7) {
             const bl_cfg *c = bl_find(argv[3]);
@@ -848,7 +853,10 @@ int main(int argc, char **argv) {
             bl_bf16 = argc >= 9 && !strcmp(argv[8], "bf16");
             return bl_child_train(c, atof(argv[4]), atoi(argv[5]), atoi(argv[6]));
         }
-        if (!strcmp(argv[2], "7b") && argc >= 6) return bl_child_7b(atof(argv[3]), atof(argv[4]), atoi(argv[5]));
+        if (!strcmp(argv[2], "7b") && argc >= 6) {
+            bl_bf16 = argc >= 7 && !strcmp(argv[6], "bf16");   // the training step in bf16 compute
+            return bl_child_7b(atof(argv[3]), atof(argv[4]), atoi(argv[5]));
+        }
         if (!strcmp(argv[2], "decode") && argc >= 5) return bl_child_decode(atoi(argv[3]), atoi(argv[4]));
         return 2;
     }

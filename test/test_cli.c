@@ -360,6 +360,20 @@ static void test_threads(void) {
              "cli_same_bytes_1_vs_2_threads", "rc %d: %s", r.rc, ch_line(r.err, "error"));
 }
 
+// --compute bf16 (bitsandbytes' compute_dtype=bfloat16; the arithmetic is tested in test_kernels and
+// test_llama): the run records it, gives the same bytes with 1 and 2 threads, and another adapter than fp32.
+static void test_compute_bf16(void) {
+    const char *o1 = ch_fmt("%s/BF1", ch_root), *o2 = ch_fmt("%s/BF2", ch_root);
+    ch_result r1 = ch_run("train_bf16_1", "OMP_NUM_THREADS=1",
+                          "train %s --output %s --no-mlflow --save-steps 0 --compute bf16", train_args, o1);
+    ch_result r2 = ch_run("train_bf16_2", "OMP_NUM_THREADS=2",
+                          "train %s --output %s --no-mlflow --save-steps 0 --compute bf16", train_args, o2);
+    const char *a1 = ch_fmt("%s/adapter_model.safetensors", o1), *a2 = ch_fmt("%s/adapter_model.safetensors", o2);
+    tu_check(r1.rc == 0 && r2.rc == 0 && ch_same_file(a1, a2) && !ch_same_file(a1, ref_adapter) &&
+                 ch_file_has(ch_fmt("%s/resolved_config.json", o2), "\"compute\": \"bf16\""),
+             "cli_train_compute_bf16", "rc %d/%d: %s", r1.rc, r2.rc, ch_line(r2.err, "error"));
+}
+
 static void test_kill_resume(void) {
     const char *out = ch_fmt("%s/C", ch_root);
     ch_result r = ch_spawn("train_C", "OMP_NUM_THREADS=2", 0,
@@ -385,6 +399,9 @@ static void test_kill_resume(void) {
     // a changed setting that defines the steps is refused
     r = ch_run("train_C_bad", NULL, "train --output %s --resume --lr 0.5", out);
     tu_check(r.rc != 0 && ch_file_has(r.err, "resume: --lr"), "cli_resume_refuses_changed_config",
+             "rc %d: %s", r.rc, ch_line(r.err, "error"));
+    r = ch_run("train_C_bad_compute", NULL, "train --output %s --resume --compute bf16", out);
+    tu_check(r.rc != 0 && ch_file_has(r.err, "resume: --compute"), "cli_resume_refuses_changed_compute",
              "rc %d: %s", r.rc, ch_line(r.err, "error"));
     r = ch_run("train_C_again", NULL, "train %s --output %s --no-mlflow", train_args, out);
     tu_check(r.rc != 0 && ch_file_has(r.err, "already holds checkpoints"),
@@ -768,6 +785,7 @@ int main(int argc, char **argv) {
     test_train();
     test_config_file();
     test_threads();
+    test_compute_bf16();
     test_kill_resume();
     test_sigint();
     test_nan();

@@ -794,20 +794,26 @@ static void check_random_init(void) {
 // GEMV): the logits stay within bf16 precision of fp32 decoding without being equal to them, and so
 // do those of the scalar bf16 reference (test_kernels compares the kernels tightly; through a model,
 // a one-ulp difference upstream can move an activation across a bf16 rounding boundary).
-static void check_decode_bf16(void) {
+// A model with random NF4 weights from an inline config.json; LoRA r 4, alpha 8 on all seven projections.
+static qlora_status make_inline_model(qlora_model *m, const char *js, uint64_t seed, qlora_error *err) {
     qlora_llama_config cfg;
-    qlora_error err;
-    qlora_model m;
-    memset(&err, 0, sizeof err);
-    const char *js = "{\"hidden_size\": 128, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
-                     "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 100, "
-                     "\"max_position_embeddings\": 32}";
-    qlora_status st = qlora_llama_config_parse(&cfg, js, strlen(js), "inline", &err);
+    memset(err, 0, sizeof *err);
+    qlora_status st = qlora_llama_config_parse(&cfg, js, strlen(js), "inline", err);
     qlora_model_options o;
     memset(&o, 0, sizeof o);
     o.lora.rank = 4;
     o.lora.alpha = 8;
-    if (st == QLORA_OK) st = qlora_model_init_random(&m, &cfg, &o, 321, &err);
+    if (st == QLORA_OK) st = qlora_model_init_random(m, &cfg, &o, seed, err);
+    return st;
+}
+
+static void check_decode_bf16(void) {
+    qlora_error err;
+    qlora_model m;
+    const char *js = "{\"hidden_size\": 128, \"intermediate_size\": 256, \"num_hidden_layers\": 2, "
+                     "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 100, "
+                     "\"max_position_embeddings\": 32}";
+    qlora_status st = make_inline_model(&m, js, 321, &err);
     if (!tu_check(st == QLORA_OK, "decode_bf16/make", "%s", err.detail)) return;
     static const qlora_exec runs[3] = { { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_F32 },
                                         { QLORA_KERNEL_AUTO, NULL, QLORA_COMPUTE_BF16 },
@@ -852,23 +858,15 @@ static double rel_l2(const float *a, const float *b, int64_t n) {
 }
 
 static void check_train_bf16(void) {
-    qlora_llama_config cfg;
     qlora_error err;
     qlora_model m;
-    memset(&err, 0, sizeof err);
     const char *js = "{\"hidden_size\": 96, \"intermediate_size\": 160, \"num_hidden_layers\": 2, "
                      "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 150, "
                      "\"max_position_embeddings\": 32, \"tie_word_embeddings\": false}";
-    qlora_status st = qlora_llama_config_parse(&cfg, js, strlen(js), "inline", &err);
-    qlora_model_options o;
-    memset(&o, 0, sizeof o);
-    o.lora.rank = 4;
-    o.lora.alpha = 8;
-    o.lora_targets = QLORA_TARGETS_ALL;
-    if (st == QLORA_OK) st = qlora_model_init_random(&m, &cfg, &o, 77, &err);
+    qlora_status st = make_inline_model(&m, js, 77, &err);
     if (!tu_check(st == QLORA_OK, "train_bf16/make", "%s", err.detail)) return;
     tu_seed(4242);
-    for (int l = 0; l < cfg.n_layers; l++)
+    for (int l = 0; l < m.cfg.n_layers; l++)
         for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
             qlora_lora *a = &m.layers[l].lora[t];
             if (a->A) tu_fill_normal(a->B, a->out * a->rank, 0.2);

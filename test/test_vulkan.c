@@ -354,6 +354,7 @@ int main(void) {
                   *dx1 = (float *)malloc(sizeof(float) * (size_t)(M * K));
             ref.kernel  = QLORA_KERNEL_REF;
             ref.backend = NULL;
+            ref.compute = QLORA_COMPUTE_F32;
             gpu.kernel  = QLORA_KERNEL_REF;
             gpu.backend = be;
             tu_fill_normal(wf, (long)(N * K), 0.05);
