@@ -214,8 +214,8 @@ typedef struct qlora_backend {
 //     and of prompts (more than 8 rows): W dequantized in fp32 then rounded to bf16, the input (dY)
 //     rounded to bf16, the exact products summed in fp32.
 // With AVX-512 BF16 (qlora_cpu_info.bf16_dot) both run on vdpbf16ps, which does twice the
-// multiply-adds of an fp32 FMA per instruction: the GEMMs of a training step run about 1.5x faster
-// (config M of bench_llama: step 2.60 s -> 1.98 s on Zen 4). Elsewhere the same roundings run at
+// multiply-adds of an fp32 FMA per instruction: the GEMMs of a training step run about 1.85x faster
+// (config M of bench_llama: step 2.6-2.8 s -> 1.65 s on Zen 4). Elsewhere the same roundings run at
 // fp32 speed. The CPU path alone reads it (a backend computes in fp32).
 typedef enum qlora_compute {
     QLORA_COMPUTE_F32 = 0,

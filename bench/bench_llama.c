@@ -15,7 +15,8 @@
 //      since torch has no NF4 on the CPU), which runs in its best configuration here (see the script).
 //      Target >= 1.5x its tokens/s at <= 0.5x its peak RSS.
 //   4. (`7b`) one QLoRA step of the 7b-shaped model, B 1 x T 512, gradient checkpointing, paged
-//      8-bit AdamW: peak RSS (target <= 5.5 GiB) and step time against the FLOP bound (<= 1.5x).
+//      8-bit AdamW: peak RSS (target <= 5.5 GiB) and step time against the FLOP bound (<= 1.5x);
+//      in fp32 compute, then in bf16.
 //
 // Arguments: `7b` adds 2 and 4 (about 5.5 GB of memory and about 6 minutes), `7b-only` runs only
 // them, `quick` shortens everything, `notorch` skips the PyTorch reference, `passive` runs everything
@@ -27,8 +28,7 @@
 // average and each step's CPU-seconds / wall-seconds are printed (2.0 = both cores were ours).
 // For experiments: `bench_llama --child train S|M PEAK WARMUP STEPS TAG own` runs one config with
 // exec.kernel = QLORA_KERNEL_SIMD (the library's own GEMM for every matmul, no OpenBLAS call), or
-// with TAG bf16 in QLORA_COMPUTE_BF16; `bench_llama --child 7b PEAK BW 0 bf16` runs items 2 and 4 with
-// the 7b training step in bf16 compute;
+// with TAG bf16 in QLORA_COMPUTE_BF16;
 // `bench_llama --child decode LAYERS TOKENS` runs the decode of item 2 on the 7b shape cut to LAYERS
 // layers (about 0.45 GB of NF4 + 1 GB of fp32 embedding and lm_head for 4), with its own bandwidth figure.
 //
@@ -691,14 +691,16 @@ static int bl_child_7b(double peak, double bw, int quick) {
     bl_decode(&m, c, bw, quick ? 4 : 16, &nt, &be, QLORA_COMPUTE_F32);
     bl_decode(&m, c, bw, quick ? 4 : 16, &nt, &be, QLORA_COMPUTE_BF16);
 
-    // --- one training step ---
-    {
+    // --- one training step in fp32 compute, then one in bf16 ---
+    for (int pass = 0; pass < 2; pass++) {
         qlora_train_state ts;
         qlora_adamw opt;
         qlora_param *params;
         const int64_t N = (int64_t)c->B * c->T;
-        m.exec.compute = bl_bf16 ? QLORA_COMPUTE_BF16 : QLORA_COMPUTE_F32;   // the decodes left it fp32
-        if (bl_bf16) printf("   (training step in QLORA_COMPUTE_BF16)\n");
+        const char *sfx = pass ? "_bf16" : "";
+        m.exec.compute = pass ? QLORA_COMPUTE_BF16 : QLORA_COMPUTE_F32;
+        bl_bf16 = pass;   // (what bl_breakdown reads)
+        printf("   -- training step, compute %s\n", pass ? "bf16" : "fp32");
         st = qlora_train_state_init(&ts, &m, c->B, c->T, c->ckpt, &err);
         if (st != QLORA_OK) bl_die("qlora_train_state_init", st, &err);
         bl_optim_init(&opt, &params, &m, c->optim_bits);
@@ -737,8 +739,8 @@ static int bl_child_7b(double peak, double bw, int quick) {
                f.p_frozen + (double)c->vocab * c->dim, 6.0 * (f.p_frozen + (double)c->vocab * c->dim) * N / 1e9);
         bl_replay rp = bl_replay_phases(&m, &ts);
         bl_breakdown(c, &f, step, nt.fwd_s, nt.bwd_s, t3 - t2, &rp, peak);
-        printf("@ 7b.step_s %.6f\n@ 7b.tokens %lld\n@ 7b.flops %.6e\n@ 7b.flops6pt %.6e\n@ 7b.hwm_kb %ld\n", step,
-               (long long)N, f.total, 6.0 * (f.p_frozen + (double)c->vocab * c->dim) * N, hwm);
+        printf("@ 7b.step%s_s %.6f\n@ 7b.tokens %lld\n@ 7b.flops %.6e\n@ 7b.flops6pt %.6e\n@ 7b.hwm%s_kb %ld\n", sfx,
+               step, (long long)N, f.total, 6.0 * (f.p_frozen + (double)c->vocab * c->dim) * N, sfx, hwm);
         fflush(stdout);
         free(tokens);
         qlora_adamw_free(&opt);
@@ -842,7 +844,7 @@ static const char *bl_mark(double ratio, double target, int higher_better) {
 int main(int argc, char **argv) {
     int want7b = 0, only7b = 0, quick = 0, notorch = 0;
     if (argc >= 3 && !strcmp(argv[1], "--child")) {
-        // --child train NAME PEAK WARMUP STEPS [TAG [own|bf16]] | --child 7b PEAK BW QUICK [bf16] |
+        // --child train NAME PEAK WARMUP STEPS [TAG [own|bf16]] | --child 7b PEAK BW QUICK |
         // --child decode LAYERS TOKENS
         bc_set_threads(BC_THREADS);
         if (!strcmp(argv[2], "train") && argc >= 7) {
@@ -853,10 +855,7 @@ int main(int argc, char **argv) {
             bl_bf16 = argc >= 9 && !strcmp(argv[8], "bf16");
             return bl_child_train(c, atof(argv[4]), atoi(argv[5]), atoi(argv[6]));
         }
-        if (!strcmp(argv[2], "7b") && argc >= 6) {
-            bl_bf16 = argc >= 7 && !strcmp(argv[6], "bf16");   // the training step in bf16 compute
-            return bl_child_7b(atof(argv[3]), atof(argv[4]), atoi(argv[5]));
-        }
+        if (!strcmp(argv[2], "7b") && argc >= 6) return bl_child_7b(atof(argv[3]), atof(argv[4]), atoi(argv[5]));
         if (!strcmp(argv[2], "decode") && argc >= 5) return bl_child_decode(atoi(argv[3]), atoi(argv[4]));
         return 2;
     }
@@ -1055,12 +1054,14 @@ int main(int argc, char **argv) {
                    bf ? "bf16" : "fp32", tps, bw * 1e9 / nb, tps / (bw * 1e9 / nb),
                    bl_mark(tps / (bw * 1e9 / nb), 0.70, 1), bw * 1e9 / ab, tps / (bw * 1e9 / ab), dh / 1024.0 / 1024.0);
         }
-        double st = bl_val("7b", "step_s"), fl = bl_val("7b", "flops"), f6 = bl_val("7b", "flops6pt");
-        double hwm = bl_val("7b", "hwm_kb");
-        printf("4. 7b QLoRA step (B 1 x T 512, checkpointing, 8-bit AdamW): %.1f s; FLOP bound %.1f s (6·P·T: "
-               "%.1f s) -> step / bound %.2f (target <= 1.5: %s); peak RSS %.2f GiB (target <= 5.5: %s)\n",
-               st, fl / (peak * 1e9), f6 / (peak * 1e9), st / (fl / (peak * 1e9)),
-               bl_mark(st / (fl / (peak * 1e9)), 1.5, 0), hwm * 1024.0 / GIB, bl_mark(hwm * 1024.0 / GIB, 5.5, 0));
+        for (int bf = 0; bf < 2; bf++) {
+            double st = bl_val("7b", bf ? "step_bf16_s" : "step_s"), fl = bl_val("7b", "flops");
+            double f6 = bl_val("7b", "flops6pt"), hwm = bl_val("7b", bf ? "hwm_bf16_kb" : "hwm_kb");
+            printf("4. 7b QLoRA step (B 1 x T 512, checkpointing, 8-bit AdamW), compute %s: %.1f s; FLOP bound %.1f s "
+                   "(6·P·T: %.1f s) -> step / bound %.2f (target <= 1.5: %s); peak RSS %.2f GiB (target <= 5.5: %s)\n",
+                   bf ? "bf16" : "fp32", st, fl / (peak * 1e9), f6 / (peak * 1e9), st / (fl / (peak * 1e9)),
+                   bl_mark(st / (fl / (peak * 1e9)), 1.5, 0), hwm * 1024.0 / GIB, bl_mark(hwm * 1024.0 / GIB, 5.5, 0));
+        }
     }
     (void)torch_rc;
     printf("bench_llama: %.0f s in all\n", bc_now() - t_start);
