@@ -197,8 +197,9 @@ static const cli_opt cli_opts[] = {
     {"compute", T_STR, "fp32", CMD_RUN, "fp32|bf16",
      "arithmetic of the matmuls on frozen weights (the NF4 projections, and lm_head over more than 8 rows): bf16 "
      "rounds both operands to bf16 and sums the exact products in fp32, as bitsandbytes' compute_dtype=bfloat16 "
-     "(QLoRA's recipe; about 2x the GEMM speed where the CPU has AVX-512 BF16, the same speed elsewhere); fp32 is "
-     "the arithmetic the tests hold against PyTorch",
+     "(QLoRA's recipe, so train's default; about 2x the GEMM speed where the CPU has AVX-512 BF16, the same speed "
+     "elsewhere); fp32 is the arithmetic the tests hold against PyTorch (the default of the other commands). A "
+     "checkpoint that does not record it was trained in fp32",
      0},
     {"threads", T_INT, "0", CMD_ALL, NULL, "OpenMP threads (0: OMP_NUM_THREADS or every core)", 0},
     // data
@@ -404,11 +405,19 @@ static int cli_store(cli_cfg *c, int i, const char *v, int src, const char *wher
     return 1;
 }
 
+// The default of option i for command cmd. One option's default differs by command: train computes in
+// bf16, as the QLoRA recipe does (spec §4.5, bnb_4bit_compute_dtype=bfloat16); generate, score and eval
+// stay in fp32, the arithmetic the tests hold against PyTorch.
+static const char *cli_opt_default(int i, unsigned cmd) {
+    if (cmd == CMD_TRAIN && !strcmp(cli_opts[i].key, "compute")) return "bf16";
+    return cli_opts[i].def;
+}
+
 static void cli_cfg_defaults(cli_cfg *c, unsigned cmd, const char *cmd_name) {
     memset(c, 0, sizeof *c);
     c->cmd = cmd;
     c->cmd_name = cmd_name;
-    for (int i = 0; i < CLI_NOPTS; i++) cli_set(c, i, cli_opts[i].def, SRC_DEFAULT);
+    for (int i = 0; i < CLI_NOPTS; i++) cli_set(c, i, cli_opt_default(i, cmd), SRC_DEFAULT);
 }
 
 // Applies a JSON object of options (a --config file, or a checkpoint's resolved_config.json).
@@ -565,7 +574,7 @@ static int cli_reapply(cli_cfg *c, const char *path) {
     for (int i = 0; i < CLI_NOPTS; i++)
         if (c->src[i] == SRC_FLAG) flags.val[i] = cli_strdup(c->val[i]);
     for (int i = 0; i < CLI_NOPTS; i++)
-        if (c->src[i] != SRC_FLAG) cli_set(c, i, cli_opts[i].def, SRC_DEFAULT);
+        if (c->src[i] != SRC_FLAG) cli_set(c, i, cli_opt_default(i, c->cmd), SRC_DEFAULT);
     int ok = cli_cfg_apply_json(c, path);
     for (int i = 0; i < CLI_NOPTS; i++)
         if (flags.val[i]) {
@@ -606,7 +615,8 @@ static void cli_print_options(unsigned cmd) {
         if (o->choices) arg = "";
         fprintf(stdout, "  --%s%s%s%s", flag, arg, o->choices ? " " : "", o->choices ? o->choices : "");
         if (o->type == T_BOOL && strncmp(o->key, "no_", 3) != 0) fprintf(stdout, " | --no-%s", flag);
-        fprintf(stdout, "   (default: %s)\n        %s\n", *o->def ? o->def : "none", o->help);
+        const char *def = cli_opt_default(i, cmd);
+        fprintf(stdout, "   (default: %s)\n        %s\n", *def ? def : "none", o->help);
     }
 }
 

@@ -1063,11 +1063,32 @@ static const char *const tr_strict_keys[] = {
     "data_seed",  "group_by_length", "blocksize",     "double_quant",   "compute",
 };
 
+// Whether the JSON object in path (a checkpoint's resolved_config.json) has the key.
+static int tr_config_has(const char *path, const char *key) {
+    qlora_json_doc doc;
+    qlora_error err;
+    if (qlora_json_read_file(&doc, path, &err) != QLORA_OK) return 0;
+    int has = 0;
+    const size_t n = strlen(key);
+    if (doc.root.type == QLORA_JSON_OBJECT)
+        for (int64_t k = 0; k < doc.root.count && !has; k++)
+            has = (size_t)doc.root.key_lens[k] == n && !memcmp(doc.root.keys[k], key, n);
+    qlora_json_free(&doc);
+    return has;
+}
+
+// The configuration a checkpoint was trained with: train's defaults under its resolved_config.json. A
+// checkpoint written before `compute` was recorded was trained in fp32 (then the only arithmetic).
+static int tr_checkpoint_config(cli_cfg *old, const char *path) {
+    cli_cfg_defaults(old, CMD_TRAIN, "train");
+    if (!tr_config_has(path, "compute")) cli_set(old, cli_opt_index("compute"), "fp32", SRC_DEFAULT);
+    return cli_cfg_apply_json(old, path);
+}
+
 static int tr_check_resume_config(const cli_cfg *c, const char *ckdir) {
     char *path = cli_fmt("%s/resolved_config.json", ckdir);
     cli_cfg old;
-    cli_cfg_defaults(&old, CMD_TRAIN, "train");
-    int ok = cli_cfg_apply_json(&old, path);
+    int ok = tr_checkpoint_config(&old, path);
     for (size_t i = 0; ok && i < sizeof tr_strict_keys / sizeof tr_strict_keys[0]; i++)
         if (strcmp(cfg_str(&old, tr_strict_keys[i]), cfg_str(c, tr_strict_keys[i])) != 0) {
             char flag[64];
@@ -1120,6 +1141,9 @@ static int cmd_train(cli_cfg *c) {
             free(ckdir);
             return 1;
         }
+        // a checkpoint that does not record compute was trained in fp32 (see tr_checkpoint_config)
+        if (!c->config_path && !cfg_given(c, "compute") && !tr_config_has(rc, "compute"))
+            cli_set(c, cli_opt_index("compute"), "fp32", SRC_CONFIG);
         free(rc);
         tr.out = cfg_str(c, "output");
     }

@@ -448,6 +448,10 @@ static int cmd_rad_train(int argc, char **argv) {
         av[ac++] = (char *)"10";
         av[ac++] = (char *)"--threads";
         av[ac++] = s_th;
+        // fp32, not the trainer's bf16 default: the arithmetic data/adapter was trained with (bf16 trains this
+        // recipe in 4 min 14 s instead of 5 min 31 s, measured once; switching is a change of recipe)
+        av[ac++] = (char *)"--compute";
+        av[ac++] = (char *)"fp32";
         if (o.seed >= 0) {
             av[ac++] = (char *)"--seed";
             av[ac++] = s_seed;

@@ -360,18 +360,49 @@ static void test_threads(void) {
              "cli_same_bytes_1_vs_2_threads", "rc %d: %s", r.rc, ch_line(r.err, "error"));
 }
 
-// --compute bf16 (bitsandbytes' compute_dtype=bfloat16; the arithmetic is tested in test_kernels and
-// test_llama): the run records it, gives the same bytes with 1 and 2 threads, and another adapter than fp32.
-static void test_compute_bf16(void) {
-    const char *o1 = ch_fmt("%s/BF1", ch_root), *o2 = ch_fmt("%s/BF2", ch_root);
-    ch_result r1 = ch_run("train_bf16_1", "OMP_NUM_THREADS=1",
-                          "train %s --output %s --no-mlflow --save-steps 0 --compute bf16", train_args, o1);
-    ch_result r2 = ch_run("train_bf16_2", "OMP_NUM_THREADS=2",
-                          "train %s --output %s --no-mlflow --save-steps 0 --compute bf16", train_args, o2);
+// --compute: train defaults to bf16 (bitsandbytes' compute_dtype=bfloat16, the QLoRA recipe; the arithmetic
+// is tested in test_kernels and test_llama) and records it; --compute fp32 gives another adapter, the same bytes
+// with 1 and 2 threads; generate's default stays fp32 (its --help says so).
+static void test_compute(void) {
+    const char *o1 = ch_fmt("%s/F32_1", ch_root), *o2 = ch_fmt("%s/F32_2", ch_root);
+    ch_result r1 = ch_run("train_fp32_1", "OMP_NUM_THREADS=1",
+                          "train %s --output %s --no-mlflow --save-steps 0 --compute fp32", train_args, o1);
+    ch_result r2 = ch_run("train_fp32_2", "OMP_NUM_THREADS=2",
+                          "train %s --output %s --no-mlflow --save-steps 0 --compute fp32", train_args, o2);
     const char *a1 = ch_fmt("%s/adapter_model.safetensors", o1), *a2 = ch_fmt("%s/adapter_model.safetensors", o2);
+    const char *ref_dir = ch_fmt("%s/A", ch_root);
     tu_check(r1.rc == 0 && r2.rc == 0 && ch_same_file(a1, a2) && !ch_same_file(a1, ref_adapter) &&
-                 ch_file_has(ch_fmt("%s/resolved_config.json", o2), "\"compute\": \"bf16\""),
-             "cli_train_compute_bf16", "rc %d/%d: %s", r1.rc, r2.rc, ch_line(r2.err, "error"));
+                 ch_file_has(ch_fmt("%s/resolved_config.json", o2), "\"compute\": \"fp32\"") &&
+                 ch_file_has(ch_fmt("%s/resolved_config.json", ref_dir), "\"compute\": \"bf16\""),
+             "cli_train_compute_default_bf16_and_fp32", "rc %d/%d: %s", r1.rc, r2.rc, ch_line(r2.err, "error"));
+    // a checkpoint written before compute was recorded (here: the key taken out of its resolved_config.json) was
+    // trained in fp32, and resumes so: the same bytes as the uninterrupted fp32 run
+    const char *o3 = ch_fmt("%s/F32_old", ch_root);
+    ch_result r3 = ch_run("train_fp32_old", "OMP_NUM_THREADS=2",
+                          "train %s --output %s --no-mlflow --save-steps 5 --compute fp32 --debug-sigint-at-step 4",
+                          train_args, o3);
+    const char *rc3 = ch_fmt("%s/checkpoint-3/resolved_config.json", o3);
+    char *txt = ch_slurp(rc3, NULL);
+    int stripped = 0;
+    if (txt) {
+        FILE *f = fopen(rc3, "w");
+        for (char *line = txt, *next; f && line && *line; line = next) {
+            next = strchr(line, '\n');
+            if (next) next++;
+            const size_t len = next ? (size_t)(next - line) : strlen(line);
+            if (strstr(line, "\"compute\"") && strstr(line, "\"compute\"") < line + len) stripped = 1;
+            else fwrite(line, 1, len, f);
+        }
+        if (f) fclose(f);
+        free(txt);
+    }
+    r3 = ch_run("train_fp32_old_resume", "OMP_NUM_THREADS=2", "train --output %s --resume --debug-sigint-at-step 0", o3);
+    tu_check(stripped && r3.rc == 0 && ch_same_file(a2, ch_fmt("%s/adapter_model.safetensors", o3)),
+             "cli_resume_old_checkpoint_in_fp32", "stripped %d rc %d: %s", stripped, r3.rc, ch_line(r3.err, "error"));
+    ch_result h1 = ch_run("train_help", NULL, "train --help"), h2 = ch_run("generate_help", NULL, "generate --help");
+    tu_check(h1.rc == 0 && h2.rc == 0 && ch_file_has(h1.out, "--compute fp32|bf16   (default: bf16)") &&
+                 ch_file_has(h2.out, "--compute fp32|bf16   (default: fp32)"),
+             "cli_compute_defaults_per_command", "rc %d/%d", h1.rc, h2.rc);
 }
 
 static void test_kill_resume(void) {
@@ -400,7 +431,7 @@ static void test_kill_resume(void) {
     r = ch_run("train_C_bad", NULL, "train --output %s --resume --lr 0.5", out);
     tu_check(r.rc != 0 && ch_file_has(r.err, "resume: --lr"), "cli_resume_refuses_changed_config",
              "rc %d: %s", r.rc, ch_line(r.err, "error"));
-    r = ch_run("train_C_bad_compute", NULL, "train --output %s --resume --compute bf16", out);
+    r = ch_run("train_C_bad_compute", NULL, "train --output %s --resume --compute fp32", out);
     tu_check(r.rc != 0 && ch_file_has(r.err, "resume: --compute"), "cli_resume_refuses_changed_compute",
              "rc %d: %s", r.rc, ch_line(r.err, "error"));
     r = ch_run("train_C_again", NULL, "train %s --output %s --no-mlflow", train_args, out);
@@ -555,9 +586,10 @@ static void test_inference(void) {
     r = ch_run("score_data", NULL, "score --model %s --adapter %s --data %s", q4, a, evalf);
     tu_check(r.rc == 0 && count_lines(r.out) >= 5, "cli_score_data", "rc %d: %s", r.rc,
              ch_line(r.err, "error"));
-    // eval with the adapter = the trainer's final eval_loss on the same file
-    r = ch_run("eval_A", NULL, "eval --model %s --adapter %s --data %s --batch-size 2 --max-len 48", q4, a,
-               evalf);
+    // eval with the adapter, in the arithmetic the trainer used (train's default bf16; eval's default is fp32)
+    // = the trainer's final eval_loss on the same file
+    r = ch_run("eval_A", NULL, "eval --model %s --adapter %s --data %s --batch-size 2 --max-len 48 --compute bf16", q4,
+               a, evalf);
     double got = NAN, want = NAN;
     char *s = ch_slurp(r.out, NULL);
     if (s) sscanf(s, "eval_loss %lf", &got);
@@ -785,7 +817,7 @@ int main(int argc, char **argv) {
     test_train();
     test_config_file();
     test_threads();
-    test_compute_bf16();
+    test_compute();
     test_kill_resume();
     test_sigint();
     test_nan();
