@@ -104,6 +104,9 @@ static int cli_backend_open(cli_backend *be, const cli_cfg *c) {
         be->exec.backend = qlora_vk_backend(be->vk);
         snprintf(be->name, sizeof be->name, "vulkan: %s", qlora_vk_name(be->vk));
         cli_note("backend %s", be->name);
+        if (be->exec.compute == QLORA_COMPUTE_BF16)
+            cli_note("compute bf16: the Vulkan backend runs the NF4 matmuls in fp32; bf16 applies to the CPU's "
+                     "share (lm_head); --compute fp32 makes it all fp32");
         return 1;
     }
     if (required) {

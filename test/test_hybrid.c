@@ -200,7 +200,7 @@ int main(int argc, char **argv) {
     snprintf(train_args, sizeof train_args,
              "train --model %s --data %s --eval-file %s --eval-steps 0 --rank 4 --alpha 8 --batch-size 4 "
              "--grad-accum 1 --max-steps %d --max-len 48 --lr 0.003 --logging-steps 1 --save-steps 0 "
-             "--no-mlflow --seed 7",
+             "--no-mlflow --seed 7 --compute fp32",   // a backend computes in fp32: compare in fp32
              dense, data, evalf, steps);
 
     // The CPU runs: the reference of everything below.
