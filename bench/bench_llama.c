@@ -1024,7 +1024,9 @@ int main(int argc, char **argv) {
             printf("   %-6s %10.1f %12.1f %8.2f %9.2f %9.2f %8.2f %10.1f %12.1f %6.2f   speed %s, RSS %s%s\n",
                    rows[i][1], tps, ttps, tps / ttps, cpu, tcpu, tcpu / cpu, hwm / 1024.0, trss / 1024.0,
                    hwm / trss, bl_mark(tps / ttps, 1.5, 1), bl_mark(hwm / trss, 0.5, 0),
-                   i == 4 ? " (* diagnostic env)" : i >= 2 ? " (ours in bf16 compute, torch in fp32)" : "");
+                   i == 4   ? " (* diagnostic env)"
+                   : i >= 2 ? " (ours in bf16, torch in fp32: not matched; torch_lora_step.py --autocast-bf16 is torch's bf16)"
+                            : "");
         // torch allocates its activations afresh every step: where page faults are dear (some VMs), a large
         // kernel share slows torch and flatters the speedup
         const double tsys = bl_val(tp, "best_step_sys_share");

@@ -10,7 +10,7 @@ norms and lm_head are frozen. One step = forward, shifted cross-entropy (mean), 
 (fp32) on the adapters, zero_grad. No gradient checkpointing.
 
 Usage: torch_lora_step.py --dim 288 --layers 6 --heads 6 --hidden 768 --vocab 32000 --T 256 --B 8
-                          [--rank 16] [--steps 3] [--warmup 1] [--threads 2]
+                          [--rank 16] [--steps 3] [--warmup 1] [--threads 2] [--autocast-bf16]
 Prints `key value` lines: torch, threads, blas_core, blas_note, blas_lib, malloc, aten_cpu_capability, trainable_params,
 step_s_best, step_s_mean, step_cpu_s_min (CPU seconds of all threads), best_step_sys_share (kernel
 CPU-seconds / all CPU-seconds of the best step: page faults), best_step_minor_faults,
@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--autocast-bf16", action="store_true",
+                    help="run forward (and so backward) under torch.autocast('cpu', bfloat16): torch's bf16 arithmetic")
     a = ap.parse_args()
 
     try:
@@ -213,7 +215,11 @@ def main():
         c0 = time.process_time()
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
-        loss_t = model(tokens, labels)
+        if a.autocast_bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss_t = model(tokens, labels)
+        else:
+            loss_t = model(tokens, labels)
         loss_t.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -234,6 +240,7 @@ def main():
     print("blas_lib %s" % blas_lib)
     print("malloc %s" % malloc_note)
     print("aten_cpu_capability %s" % os.environ.get("ATEN_CPU_CAPABILITY", "(not set: torch's own choice)"))
+    print("arithmetic %s" % ("bf16 (torch.autocast on the CPU)" if a.autocast_bf16 else "fp32"))
     print("trainable_params %d" % sum(p.numel() for p in params))
     print("step_s_best %.6f" % best)
     print("step_s_mean %.6f" % mean)
