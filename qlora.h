@@ -2444,6 +2444,24 @@ typedef struct qlora__mm {
     int              bf16;          // 1: A and B rounded to bf16 (QLORA_COMPUTE_BF16)
 } qlora__mm;
 
+#if defined(QLORA__AVX512)
+// The mask of the 16 columns j0 .. j0+15 of a tile nr columns wide (the AVX-512 GEMM kernels).
+QLORA__FORCEINLINE __mmask16 qlora__col_mask(int nr, int j0) {
+    return (__mmask16)(nr >= j0 + 16 ? 0xFFFF : nr > j0 ? (1u << (nr - j0)) - 1 : 0);
+}
+
+// One row (c0, c1) of a 32-column tile of the packed micro-kernels (fp32 and bf16) stored to cr under
+// the column masks m0, m1; add = 1 adds it to cr.
+QLORA__FORCEINLINE void qlora__uk_store_row(float *cr, __m512 c0, __m512 c1, __mmask16 m0, __mmask16 m1, int add) {
+    if (add) {
+        c0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), c0);
+        c1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), c1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, c0);
+    _mm512_mask_storeu_ps(cr + 16, m1, c1);
+}
+#endif
+
 // C (mr, nr) (+)= sum over k < kc of a (kc, MR) row k ⊗ b (kc, NR) row k. Rows >= mr and columns
 // >= nr of the packed operands are padding. add = 0 stores the tile, add = 1 adds it to C.
 static void qlora__ukernel(int64_t kc, const float *QLORA_RESTRICT a, const float *QLORA_RESTRICT b,
@@ -2456,16 +2474,8 @@ static void qlora__ukernel(int64_t kc, const float *QLORA_RESTRICT a, const floa
         c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);              \
         c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);              \
     }
-#define QLORA__UK_STORE(i)                                                            \
-    if (i < mr) {                                                                     \
-        float *cr = c + (int64_t)i * ldc;                                             \
-        if (add) {                                                                    \
-            c##i##0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), c##i##0);          \
-            c##i##1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), c##i##1);     \
-        }                                                                             \
-        _mm512_mask_storeu_ps(cr, m0, c##i##0);                                       \
-        _mm512_mask_storeu_ps(cr + 16, m1, c##i##1);                                  \
-    }
+#define QLORA__UK_STORE(i) \
+    if (i < mr) qlora__uk_store_row(c + (int64_t)i * ldc, c##i##0, c##i##1, m0, m1, add);
     QLORA__UK_DECL(0) QLORA__UK_DECL(1) QLORA__UK_DECL(2) QLORA__UK_DECL(3)
     QLORA__UK_DECL(4) QLORA__UK_DECL(5) QLORA__UK_DECL(6) QLORA__UK_DECL(7)
     QLORA__UK_DECL(8) QLORA__UK_DECL(9) QLORA__UK_DECL(10) QLORA__UK_DECL(11)
@@ -2477,8 +2487,7 @@ static void qlora__ukernel(int64_t kc, const float *QLORA_RESTRICT a, const floa
         a += 12;
         b += 32;
     }
-    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
-    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
+    const __mmask16 m0 = qlora__col_mask(nr, 0), m1 = qlora__col_mask(nr, 16);
     QLORA__UK_STORE(0) QLORA__UK_STORE(1) QLORA__UK_STORE(2) QLORA__UK_STORE(3)
     QLORA__UK_STORE(4) QLORA__UK_STORE(5) QLORA__UK_STORE(6) QLORA__UK_STORE(7)
     QLORA__UK_STORE(8) QLORA__UK_STORE(9) QLORA__UK_STORE(10) QLORA__UK_STORE(11)
@@ -2588,16 +2597,8 @@ static void qlora__ukernel_bf16(int64_t kc2, const uint32_t *QLORA_RESTRICT a, c
         c##i##0 = _mm512_dpbf16_ps(c##i##0, ai, b0);                             \
         c##i##1 = _mm512_dpbf16_ps(c##i##1, ai, b1);                             \
     }
-#define QLORA__UKB_STORE(i)                                                           \
-    if (i < mr) {                                                                     \
-        float *cr = c + (int64_t)i * ldc;                                             \
-        if (add) {                                                                    \
-            c##i##0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), c##i##0);          \
-            c##i##1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), c##i##1);     \
-        }                                                                             \
-        _mm512_mask_storeu_ps(cr, m0, c##i##0);                                       \
-        _mm512_mask_storeu_ps(cr + 16, m1, c##i##1);                                  \
-    }
+#define QLORA__UKB_STORE(i) \
+    if (i < mr) qlora__uk_store_row(c + (int64_t)i * ldc, c##i##0, c##i##1, m0, m1, add);
     QLORA__UKB_DECL(0) QLORA__UKB_DECL(1) QLORA__UKB_DECL(2) QLORA__UKB_DECL(3)
     QLORA__UKB_DECL(4) QLORA__UKB_DECL(5) QLORA__UKB_DECL(6) QLORA__UKB_DECL(7)
     QLORA__UKB_DECL(8) QLORA__UKB_DECL(9) QLORA__UKB_DECL(10) QLORA__UKB_DECL(11)
@@ -2609,8 +2610,7 @@ static void qlora__ukernel_bf16(int64_t kc2, const uint32_t *QLORA_RESTRICT a, c
         a += 12;
         b += 32;
     }
-    __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
-    __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
+    const __mmask16 m0 = qlora__col_mask(nr, 0), m1 = qlora__col_mask(nr, 16);
     QLORA__UKB_STORE(0) QLORA__UKB_STORE(1) QLORA__UKB_STORE(2) QLORA__UKB_STORE(3)
     QLORA__UKB_STORE(4) QLORA__UKB_STORE(5) QLORA__UKB_STORE(6) QLORA__UKB_STORE(7)
     QLORA__UKB_STORE(8) QLORA__UKB_STORE(9) QLORA__UKB_STORE(10) QLORA__UKB_STORE(11)
@@ -3828,9 +3828,7 @@ static void qlora__sgemm_scale_c(float *C, int64_t M, int64_t N, int64_t ldc, fl
 QLORA__FORCEINLINE void qlora__narrow_tile(const int MR, const int NV, int64_t K, const float *a, int64_t a_rs,
                                            int64_t a_cs, const float *b, int64_t ldb, float alpha, float *c,
                                            int64_t ldc, int mr, int nr, int add) {
-    const __mmask16 m0 = (__mmask16)(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
-    const __mmask16 m1 = (__mmask16)(nr >= 32 ? 0xFFFF : nr > 16 ? (1u << (nr - 16)) - 1 : 0);
-    const __mmask16 m2 = (__mmask16)(nr >= 48 ? 0xFFFF : nr > 32 ? (1u << (nr - 32)) - 1 : 0);
+    const __mmask16 m0 = qlora__col_mask(nr, 0), m1 = qlora__col_mask(nr, 16), m2 = qlora__col_mask(nr, 32);
 #define QLORA__NW_DECL(i)                                                          \
     const float *a##i = a + (int64_t)(i < mr ? i : mr - 1) * a_rs;                 \
     __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0, c##i##2 = c##i##0;

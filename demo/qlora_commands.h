@@ -1080,12 +1080,19 @@ static int tr_config_has(const char *path, const char *key) {
     return has;
 }
 
-// The configuration a checkpoint was trained with: train's defaults under its resolved_config.json. A
-// checkpoint written before `compute` was recorded was trained in fp32 (then the only arithmetic).
+// A checkpoint written before `compute` was recorded (its resolved_config.json in path lacks the key) was
+// trained in fp32, then the only arithmetic: c computes in fp32 unless a flag sets compute.
+static void tr_compute_of_old_checkpoint(cli_cfg *c, const char *path) {
+    const int i = cli_opt_index("compute");
+    if (c->src[i] != SRC_FLAG && !tr_config_has(path, "compute")) cli_set(c, i, "fp32", SRC_CONFIG);
+}
+
+// The configuration a checkpoint was trained with: train's defaults under its resolved_config.json.
 static int tr_checkpoint_config(cli_cfg *old, const char *path) {
     cli_cfg_defaults(old, CMD_TRAIN, "train");
-    if (!tr_config_has(path, "compute")) cli_set(old, cli_opt_index("compute"), "fp32", SRC_DEFAULT);
-    return cli_cfg_apply_json(old, path);
+    const int ok = cli_cfg_apply_json(old, path);
+    tr_compute_of_old_checkpoint(old, path);
+    return ok;
 }
 
 static int tr_check_resume_config(const cli_cfg *c, const char *ckdir) {
@@ -1144,9 +1151,7 @@ static int cmd_train(cli_cfg *c) {
             free(ckdir);
             return 1;
         }
-        // a checkpoint that does not record compute was trained in fp32 (see tr_checkpoint_config)
-        if (!c->config_path && !cfg_given(c, "compute") && !tr_config_has(rc, "compute"))
-            cli_set(c, cli_opt_index("compute"), "fp32", SRC_CONFIG);
+        if (!c->config_path) tr_compute_of_old_checkpoint(c, rc);
         free(rc);
         tr.out = cfg_str(c, "output");
     }

@@ -134,6 +134,17 @@ static int64_t count_grads(const qlora_model *m) {
     return n;
 }
 
+// Every adapter's B drawn from N(0, 0.2²) with the test RNG seeded by seed: a non-zero B, so that
+// every LoRA gradient is non-trivial (PEFT initializes B to zero).
+static void fill_lora_b(qlora_model *m, unsigned long long seed) {
+    tu_seed(seed);
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+            qlora_lora *a = &m->layers[l].lora[t];
+            if (a->A) tu_fill_normal(a->B, a->out * a->rank, 0.2);
+        }
+}
+
 static void gather_grads(const qlora_model *m, float *g) {
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
@@ -298,13 +309,7 @@ static void run_case(const tcase *tc, result *r) {
     snprintf(nm, sizeof nm, "%s/load", cs);
     if (!tu_check(qlora_model_load(m, cpath(cs, "model"), &o, &err) == QLORA_OK, nm, "%s", err.detail)) return;
     const qlora_llama_config *c = &m->cfg;
-    // non-zero B so every gradient is non-trivial
-    tu_seed(1000 + (unsigned long long)tc->rank);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
-            qlora_lora *a = &m->layers[l].lora[t];
-            if (a->A) tu_fill_normal(a->B, a->out * a->rank, 0.2);
-        }
+    fill_lora_b(m, 1000 + (unsigned long long)tc->rank);
     snprintf(nm, sizeof nm, "%s/dump", cs);
     tu_check(dump_model(m, cs), nm, "cannot write %s", cpath(cs, "dump"));
 
@@ -865,12 +870,7 @@ static void check_train_bf16(void) {
                      "\"max_position_embeddings\": 32, \"tie_word_embeddings\": false}";
     qlora_status st = make_inline_model(&m, js, 77, &err);
     if (!tu_check(st == QLORA_OK, "train_bf16/make", "%s", err.detail)) return;
-    tu_seed(4242);
-    for (int l = 0; l < m.cfg.n_layers; l++)
-        for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
-            qlora_lora *a = &m.layers[l].lora[t];
-            if (a->A) tu_fill_normal(a->B, a->out * a->rank, 0.2);
-        }
+    fill_lora_b(&m, 4242);
     enum { B = 2, T = 16 };
     int32_t tokens[B * T], labels[B * T];
     for (int i = 0; i < B * T; i++) {
