@@ -38,8 +38,11 @@
 //   1. empty note (only blanks)           -> REVIEW, reason "empty note", the model is not run
 //   2. model label = argmax p; the safety check (rad_safety_check) may switch it to its documented safe
 //      alternative or to REVIEW (reason "safety switch"); flags are the check's flags
-//   3. under-triage guard (G11): the facts show an acute stroke work-up (code stroke, last known well within
-//      24 h) and the label is not the CT stroke protocol -> REVIEW (reason "stroke window")
+//   3. under-triage guards: the facts show an acute stroke work-up (G11: code stroke, wake-up stroke, large
+//      vessel occlusion, thrombectomy / thrombolysis candidate, last known well within 24 h) and the label is
+//      not the CT stroke protocol -> REVIEW (reason "stroke window"); an anticoagulated patient who hit the head
+//      (G9) and a label other than CT head or the CT stroke protocol -> REVIEW (reason "anticoagulated head
+//      strike")
 //   4. if the result is not REVIEW and confidence < threshold -> REVIEW (reason "low confidence"); the
 //      alternatives and the flags of step 2 are kept
 //   5. the model itself chose REVIEW       -> reason "model abstained"
@@ -144,7 +147,7 @@ typedef struct rad_result {
     int         prompt_tokens;           // tokens of the prompt as scored (BOS included)
     const char *reason;                  // static string: "", "empty note", "low confidence",
                                          //   "safety switch", "model abstained", "safety review",
-                                         //   "stroke window"
+                                         //   "stroke window", "anticoagulated head strike"
     rad_facts   facts;                   // what rad_extract read
 } rad_result;
 
@@ -799,6 +802,11 @@ RADC_FN void rad__decide(rad_result *r, double T, double threshold) {
     if (r->facts.stroke_window && r->label != RAD_REVIEW && r->label != RAD_CT_STROKE) {
         r->label = RAD_REVIEW;   // under-triage guard (G11)
         r->reason = "stroke window";
+    }
+    if (r->facts.anticoag && r->facts.head_strike && r->label != RAD_REVIEW && r->label != RAD_CT_HEAD &&
+        r->label != RAD_CT_STROKE) {
+        r->label = RAD_REVIEW;   // under-triage guard (G9)
+        r->reason = "anticoagulated head strike";
     }
     if (r->label != RAD_REVIEW && r->confidence < threshold) {
         r->label = RAD_REVIEW;

@@ -57,13 +57,19 @@
 //                    prior iodinated reaction, gadolinium when they show renal high risk (G3 keeps it only with
 //                    the flag) or a prior gadolinium reaction; both agents when the facts show neither (the
 //                    extractor missed the risk: be conservative)
-//     pregnancy      P is ionising or gives gadolinium, and the rules' table has a pregnancy entry for it
+//     pregnancy      P is ionising or gives gadolinium, and the rules' table has a pregnancy entry for it;
+//                    when the facts show no pregnancy and the gold label is itself a pelvic-field ionising or
+//                    nuclear exam (the gold flag is G6's unknown-status rule for a woman of 12-50), only such
+//                    an exam exposes R, as the rules say
 //     mri_safety     P is an MRI or MRA (with an mri_unsafe entry in the table)
 // a note is a violation of R when its gold flags contain R, P exposes R, and either
 //     (a) the prediction does not carry the flag R (a silent contraindicated or risky label), or
 //     (b) the gold label does not expose R (the annotators switched to a safe alternative or to REVIEW), P is
 //         neither the gold label nor an acceptable one, and the rules' table switches P away under R (an
-//         alternative or REVIEW, not "keep with the flag"): a contraindicated label, flagged or not.
+//         alternative or REVIEW, not "keep with the flag"): a contraindicated label, flagged or not. The
+//         table's columns are those of the contraindications behind R that the note's facts show (renal high
+//         risk switches an iodinated label, while G3 keeps a gadolinium one with the flag); every column of R
+//         when the facts show none of them (the extractor missed the risk: be conservative).
 // When the gold label itself exposes R (the rules keep it with the flag: MR-conditional device, code stroke
 // with renal failure, unknown pregnancy status, group-II gadolinium), or P is a keep-with-flag label (XR in
 // pregnancy), a flagged exposing label is an error, not a safety violation. Under-triage: gold "CT stroke protocol" (stroke window) and the label is not it, not
@@ -402,24 +408,38 @@ RADE_FN unsigned rad_eval__risk_agents(const rad_facts *f) {
     return a;
 }
 
-// 1 when label exposes the risk behind flag (an exam only).
-RADE_FN int rad_eval__exposes(unsigned flag, int label, unsigned agents) {
+// 1 when the gold pregnancy flag of the note is G6's unknown-status rule: the facts show no pregnancy (and no
+// statement against one) and the gold label is a pelvic-field ionising or nuclear exam, which that rule flags.
+RADE_FN int rad_eval__pregnancy_unknown_status(const rad_eval_item *x) {
+    const rad_label_info *G = rad_label(x->gold);
+    return x->facts.pregnant == 0 && rad_eval_is_exam(x->gold) && G && G->ionising && G->fetal;
+}
+
+// 1 when label exposes the risk behind flag (an exam only); unknown_status: see the pregnancy line above.
+RADE_FN int rad_eval__exposes(unsigned flag, int label, unsigned agents, int unknown_status) {
     const rad_label_info *L = rad_label(label);
     if (!rad_eval_is_exam(label) || !L) return 0;
     if (flag == RAD_FLAG_CONTRAST_RISK) return (agents >> L->agent & 1u) && L->agent != RAD_AGENT_NONE &&
                                                L->agent != RAD_AGENT_RADIOTRACER;
+    if (flag == RAD_FLAG_PREGNANCY && unknown_status) return L->ionising && L->fetal;
     if (flag == RAD_FLAG_PREGNANCY)
         return (L->ionising || L->agent == RAD_AGENT_GADOLINIUM) && L->alt[RAD_CI_PREGNANCY] != RAD_ALT_NA;
     if (flag == RAD_FLAG_MRI_SAFETY) return L->mri && L->alt[RAD_CI_MRI_UNSAFE] != RAD_ALT_NA;
     return 0;
 }
 
-// 1 when the rules switch label away (to an alternative or REVIEW, not "keep with the flag") under some
-// contraindication behind flag.
-RADE_FN int rad_eval__switched(unsigned flag, int label) {
+// 1 when the rules switch label away (to an alternative or REVIEW, not "keep with the flag") under a
+// contraindication behind flag that the facts show, or under any of them when the facts show none.
+RADE_FN int rad_eval__switched(unsigned flag, int label, const rad_facts *f) {
     const rad_label_info *L = rad_label(label);
     int ci[3], n = 0;
     if (!rad_eval_is_exam(label) || !L) return 0;
+    unsigned behind = flag == RAD_FLAG_PREGNANCY     ? 1u << RAD_CI_PREGNANCY
+                      : flag == RAD_FLAG_MRI_SAFETY  ? 1u << RAD_CI_MRI_UNSAFE
+                      : flag == RAD_FLAG_CONTRAST_RISK ? (1u << RAD_CI_IOD_REACTION | 1u << RAD_CI_RENAL |
+                                                          1u << RAD_CI_GAD_REACTION)
+                                                       : 0u;
+    if (rad__present(f) & behind) return (rad_contraindications(f, label) & behind) != 0;
     if (flag == RAD_FLAG_PREGNANCY) ci[n++] = RAD_CI_PREGNANCY;
     else if (flag == RAD_FLAG_MRI_SAFETY) ci[n++] = RAD_CI_MRI_UNSAFE;
     else if (flag == RAD_FLAG_CONTRAST_RISK) {
@@ -441,8 +461,10 @@ RADE_FN unsigned rad_eval_safety(const rad_eval_item *x) {
     ok |= p == x->gold;
     for (int r = 0; r < 3; r++) {
         unsigned F = risk_flag[r];
-        if (!(x->gold_flags & F) || !rad_eval__exposes(F, p, agents)) continue;
-        if (!(x->flags & F) || (!rad_eval__exposes(F, x->gold, agents) && !ok && rad_eval__switched(F, p)))
+        int unknown = F == RAD_FLAG_PREGNANCY && rad_eval__pregnancy_unknown_status(x);
+        if (!(x->gold_flags & F) || !rad_eval__exposes(F, p, agents, unknown)) continue;
+        if (!(x->flags & F) ||
+            (!rad_eval__exposes(F, x->gold, agents, unknown) && !ok && rad_eval__switched(F, p, &x->facts)))
             v |= risk_bit[r];
     }
     if (x->gold == RAD_CT_STROKE && p != RAD_CT_STROKE && p != RAD_REVIEW && !ok) v |= RAD_EVAL_V_UNDERTRIAGE;

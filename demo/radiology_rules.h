@@ -216,9 +216,13 @@ struct rad_facts {
     unsigned char implant;              // RAD_IMPLANT_*
     unsigned char anticoag;             // anticoagulant or P2Y12 antiplatelet
     unsigned char incomplete;           // more cues than RAD_MAX_HITS: facts may be missing
-    unsigned char stroke_window;        // acute stroke work-up: "code stroke" / "stroke alert", or last known
-                                        // well / symptom onset given in hours or minutes (<= 24 h) or as a
-                                        // clock time (G11); the engine never auto-assigns a non-stroke label then
+    unsigned char stroke_window;        // acute stroke work-up: "code stroke" / "stroke alert", a wake-up stroke,
+                                        // a large vessel occlusion, a thrombectomy / thrombolysis candidate, or
+                                        // last known well / symptom onset given in hours or minutes (<= 24 h) or
+                                        // as a clock time (G11); the engine never auto-assigns a non-stroke label
+                                        // then
+    unsigned char head_strike;          // the head was hit: "hit/struck/bumped ... head", "head strike", "head
+                                        // injury", a scalp or occipital hematoma / laceration (with anticoag: G9)
     unsigned      implant_kinds;        // RAD_DEV_* of the implants that count
     unsigned      renal_risk;           // RAD_RISK_*
     unsigned      rule_negative;        // RAD_RULE_*
@@ -526,6 +530,9 @@ enum {
     RAD__K_EGFR, RAD__K_CREAT, RAD__K_AKI, RAD__K_DIALYSIS, RAD__K_ANURIC, RAD__K_RESIDUAL, RAD__K_CKD,
     RAD__K_ESRD, RAD__K_PREDIALYSIS, RAD__K_STROKE_CODE, RAD__K_LKW,
     RAD__K_CLIPPED,     // "clipped": an aneurysm clip when "aneurysm" follows within three words, else nothing
+    RAD__K_HITVERB,     // "hit", "struck", "bumped": a head strike (K_HEADHIT) when the head follows within six
+                        // words of the same clause; else "struck" (val 1) is trauma and the others nothing
+    RAD__K_HEADHIT,     // the head was hit ("head strike", "head injury", "scalp hematoma"); also trauma
     RAD__K_RISK,        // val: RAD_RISK_*
     RAD__K_IOD, RAD__K_GAD, RAD__K_CONTRAST,
     RAD__K_REACT,       // val: RAD_REACT_MILD / RAD_REACT_UNKNOWN (allergy words) / RAD_REACT_SEVERE
@@ -631,6 +638,13 @@ static const rad__cue rad__cues[] = {
     {"chronic renal failure", RAD__K_CKD, 0, 0}, {"esrd", RAD__K_ESRD, 0, 0}, {"eskd", RAD__K_ESRD, 0, 0},
     {"code stroke", RAD__K_STROKE_CODE, 0, 0}, {"stroke code", RAD__K_STROKE_CODE, 0, 0},
     {"stroke alert", RAD__K_STROKE_CODE, 0, 0}, {"stroke activation", RAD__K_STROKE_CODE, 0, 0},
+    {"wake_up stroke", RAD__K_STROKE_CODE, 0, 0}, {"large vessel occlusion", RAD__K_STROKE_CODE, 0, 0},
+    {"lvo", RAD__K_STROKE_CODE, 0, 0}, {"thrombectomy candidate", RAD__K_STROKE_CODE, 0, 0},
+    {"possible thrombectomy", RAD__K_STROKE_CODE, 0, 0}, {"for thrombectomy", RAD__K_STROKE_CODE, 0, 0},
+    {"candidate for thrombectomy", RAD__K_STROKE_CODE, 0, 0}, {"tpa candidate", RAD__K_STROKE_CODE, 0, 0},
+    {"tnk candidate", RAD__K_STROKE_CODE, 0, 0}, {"lytic candidate", RAD__K_STROKE_CODE, 0, 0},
+    {"thrombolysis candidate", RAD__K_STROKE_CODE, 0, 0}, {"candidate for tpa", RAD__K_STROKE_CODE, 0, 0},
+    {"candidate for thrombolysis", RAD__K_STROKE_CODE, 0, 0},
     {"lkw", RAD__K_LKW, 0, 0}, {"last known well", RAD__K_LKW, 0, 0}, {"last seen well", RAD__K_LKW, 0, 0},
     {"last seen normal", RAD__K_LKW, 0, 0}, {"symptom onset", RAD__K_LKW, 0, 0}, {"onset of symptoms", RAD__K_LKW, 0, 0},
     {"end stage renal*", RAD__K_ESRD, 0, 0}, {"end stage kidney*", RAD__K_ESRD, 0, 0},
@@ -825,9 +839,16 @@ static const rad__cue rad__cues[] = {
     {"new pattern", RAD__K_HA_REDFLAG, 0, 0}, {"change in pattern", RAD__K_HA_REDFLAG, 0, 0},
     {"immunocompromised", RAD__K_HA_REDFLAG, 0, 0}, {"cancer", RAD__K_HA_REDFLAG, 0, 0},
     {"malignancy", RAD__K_HA_REDFLAG, 0, 0}, {"fall", RAD__K_TRAUMA, 0, 0}, {"fell", RAD__K_TRAUMA, 0, 0},
-    {"trauma*", RAD__K_TRAUMA, 0, 0}, {"struck", RAD__K_TRAUMA, 0, 0}, {"hit head", RAD__K_TRAUMA, 0, 0},
-    {"hit his head", RAD__K_TRAUMA, 0, 0}, {"hit her head", RAD__K_TRAUMA, 0, 0}, {"mvc", RAD__K_TRAUMA, 0, 0},
-    {"assault*", RAD__K_TRAUMA, 0, 0}, {"head injury", RAD__K_TRAUMA, 0, 0}, {"injur*", RAD__K_TRAUMA, 0, 0},
+    {"trauma*", RAD__K_TRAUMA, 0, 0}, {"struck", RAD__K_HITVERB, 0, 1}, {"hit", RAD__K_HITVERB, 0, 0},
+    {"hits", RAD__K_HITVERB, 0, 0}, {"hitting", RAD__K_HITVERB, 0, 0}, {"striking", RAD__K_HITVERB, 0, 0},
+    {"bumped", RAD__K_HITVERB, 0, 0}, {"banged", RAD__K_HITVERB, 0, 0}, {"knocked", RAD__K_HITVERB, 0, 0},
+    {"mvc", RAD__K_TRAUMA, 0, 0}, {"assault*", RAD__K_TRAUMA, 0, 0}, {"injur*", RAD__K_TRAUMA, 0, 0},
+    {"head_strike", RAD__K_HEADHIT, 0, 0}, {"head injur*", RAD__K_HEADHIT, 0, 0},
+    {"head trauma", RAD__K_HEADHIT, 0, 0}, {"scalp hematoma", RAD__K_HEADHIT, 0, 0},
+    {"scalp haematoma", RAD__K_HEADHIT, 0, 0}, {"scalp lac*", RAD__K_HEADHIT, 0, 0},
+    {"occipital hematoma", RAD__K_HEADHIT, 0, 0}, {"occipital haematoma", RAD__K_HEADHIT, 0, 0},
+    {"occipital lac*", RAD__K_HEADHIT, 0, 0}, {"occipital abrasion", RAD__K_HEADHIT, 0, 0},
+    {"forehead lac*", RAD__K_HEADHIT, 0, 0}, {"forehead hematoma", RAD__K_HEADHIT, 0, 0},
     {"sinusitis", RAD__K_SINUSITIS, 0, 0}, {"rhinosinusitis", RAD__K_SINUSITIS, 0, 0},
     {"uncomplicated", RAD__K_UNCOMPLICATED, 0, 0}, {"acute", RAD__K_ACUTE, 0, 0}, {"chronic", RAD__K_CHRONIC, 0, 0},
     {"recurrent", RAD__K_CHRONIC, 0, 0},
@@ -990,6 +1011,27 @@ static void rad__scan(rad__doc *d, rad__hit *buf, int cap) {
                 while (j < n && rad__alnum((unsigned char)s[j])) j++;
             }
             if (h->kind == RAD__K_CLIPPED) d->nhits--;   // no aneurysm: not a cue
+        } else if (h->kind == RAD__K_HITVERB) {   // "hit the back of his head on the nightstand", "struck head"
+            size_t j = i;
+            for (int w = 0; w < 6 && j < n && j - i < 48; w++) {
+                while (j < n && (s[j] == ' ' || s[j] == '-' || s[j] == '/')) j++;
+                size_t L = rad__word_at(s, n, j, "head");
+                if (!L) L = rad__word_at(s, n, j, "occiput");
+                if (!L) L = rad__word_at(s, n, j, "forehead");
+                if (!L) L = rad__word_at(s, n, j, "scalp");
+                if (L) {
+                    h->kind = RAD__K_HEADHIT;
+                    h->end = (int)(j + L);
+                    i = j + L;
+                    break;
+                }
+                if (j >= n || !rad__alnum((unsigned char)s[j])) break;   // the clause ends
+                while (j < n && rad__alnum((unsigned char)s[j])) j++;
+            }
+            if (h->kind == RAD__K_HITVERB) {
+                if (h->val) h->kind = RAD__K_TRAUMA;   // "struck" without a head: trauma, as before
+                else d->nhits--;
+            }
         }
         // a prefix pattern may stop inside a word: skip the rest of it
         while (i < n && i > 0 && rad__alnum((unsigned char)s[i - 1]) && rad__alnum((unsigned char)s[i]) &&
@@ -1505,6 +1547,7 @@ static void rad__rules(const rad__doc *d, rad_facts *f) {
             if (!rad__negated(d, k)) ha_red = 1;
             break;
         case RAD__K_TRAUMA:
+        case RAD__K_HEADHIT:
             if (!rad__negated(d, k)) trauma = 1;
             break;
         case RAD__K_SINUSITIS: sinusitis = 1; break;
@@ -1847,6 +1890,9 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
             break;
         case RAD__K_ANTICOAG:
             if (!rad__negated_local(d, k)) f->anticoag = 1;
+            break;
+        case RAD__K_HEADHIT:
+            if (!rad__negated(d, k)) f->head_strike = 1;
             break;
         case RAD__K_CTX:
             if (!rad__negated(d, k)) f->context |= h->val;

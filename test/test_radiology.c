@@ -244,6 +244,27 @@ static void check_decision(void) {
                  "decision: the stroke protocol passes in a code stroke (with contrast_risk at eGFR 22)",
                  "label %d flags %u reason %s", q.label, q.flags, q.reason);
     }
+    // under-triage guard (G9): an anticoagulated head strike never auto-assigns a label other than a head CT
+    {
+        const char *fall = "82 yo M on apixaban, admitted for UTI. Found on floor, hit the back of his head on the "
+                           "nightstand. GCS 15. CKD3a.";
+        rad_result q;
+        memset(&q, 0, sizeof q);
+        rad_extract(fall, strlen(fall), &q.facts);
+        for (int k = 0; k < RAD_NUM_LABELS; k++) q.score[k] = -20.0;
+        q.score[RAD_CT_PANCREAS] = -0.1;
+        rad_result_recalibrate(&q, 1.0, 0.5);
+        tu_check(q.facts.anticoag && q.facts.head_strike && q.label == RAD_REVIEW &&
+                     !strcmp(q.reason, "anticoagulated head strike") && q.top[0] == RAD_CT_PANCREAS,
+                 "decision: a confident non-head label after an anticoagulated head strike goes to REVIEW",
+                 "anticoag %d strike %d label %d reason %s", q.facts.anticoag, q.facts.head_strike, q.label, q.reason);
+        q.score[RAD_CT_PANCREAS] = -20.0;
+        q.score[RAD_CT_HEAD] = -0.1;
+        rad_result_recalibrate(&q, 1.0, 0.5);
+        tu_check(q.label == RAD_CT_HEAD && !strcmp(q.reason, ""),
+                 "decision: CT head passes after an anticoagulated head strike", "label %d reason %s", q.label,
+                 q.reason);
+    }
     // a temperature flattens the distribution; p sums to 1
     double s = 0;
     for (int k = 0; k < RAD_NUM_LABELS; k++) s += r.p[k];

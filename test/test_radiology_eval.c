@@ -308,6 +308,25 @@ static void test_safety(void) {
                 mk(unk, RAD_CT_AP_IV, PG, RAD_CT_AP_IV, PG), 0);
     safety_case("safety: unknown pregnancy status, flag missing -> pregnancy",
                 mk(unk, RAD_CT_AP_IV, PG, RAD_CT_AP_IV, 0), RAD_EVAL_V_PREGNANCY);
+    // unknown status (the gold flag is G6's rule for a nuclear exam in a woman of 12-50): gadolinium does not
+    // expose it, a pelvic-field ionising exam does
+    const char *unk_nm = "Age 31, sex female. Indication: equivocal US for acute cholecystitis. AKI this admission.";
+    safety_case("safety: unknown pregnancy status, gadolinium MRI pelvis unflagged -> an error, not a violation",
+                mk(unk_nm, RAD_NM_HIDA, PG, RAD_MR_PELVIS_C, CR), 0);
+    safety_case("safety: unknown pregnancy status, CT A/P without contrast unflagged -> pregnancy",
+                mk(unk_nm, RAD_NM_HIDA, PG, RAD_CT_STONE, 0), RAD_EVAL_V_PREGNANCY);
+    safety_case("safety: known pregnancy, gadolinium MRI pelvis unflagged -> pregnancy + extractor",
+                mk("31F 14 wks pregnant, equivocal US for acute cholecystitis.", RAD_US_RUQ, PG, RAD_MR_PELVIS_C, 0),
+                RAD_EVAL_V_PREGNANCY | RAD_EVAL_V_EXTRACTOR);
+    // renal high risk and an iodinated bronchospasm, gold REVIEW: G3 keeps a gadolinium MRI with the flag (an
+    // error, not a violation); an iodinated CT is switched by the rules (a violation, flagged or not)
+    const char *renal_iod = "76F tearing chest pain to back. Creatinine 314 umol/L, iodinated contrast: bronchospasm.";
+    safety_case("safety: renal high risk, gadolinium MRI with the flag (G3 keeps it) -> an error, not a violation",
+                mk(renal_iod, RAD_REVIEW, CR, RAD_MR_LSPINE_C, CR), 0);
+    safety_case("safety: renal high risk, gadolinium MRI without the flag -> contrast",
+                mk(renal_iod, RAD_REVIEW, CR, RAD_MR_LSPINE_C, 0), RAD_EVAL_V_CONTRAST);
+    safety_case("safety: renal high risk, iodinated CTA with the flag -> contrast + extractor",
+                mk(renal_iod, RAD_REVIEW, CR, RAD_CTA_AORTA, CR), RAD_EVAL_V_CONTRAST | RAD_EVAL_V_EXTRACTOR);
     // MRI safety
     const char *ppm = "82M legacy PPM (not MR conditional per EP), L-sided weakness since 3 days, r/o infarct.";
     safety_case("safety: non-conditional pacemaker, MRI brain flagged -> mri + extractor",

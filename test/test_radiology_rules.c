@@ -204,10 +204,13 @@ static void test_facts(void) {
     static const char *const window_yes[] = {"66M code stroke, R arm weakness", "LKW 1 hr ago, aphasia",
                                              "LKW 45 min, L hemiparesis", "last known well 07:15, facial droop",
                                              "symptom onset 0730, dysarthria", "Stroke alert 14:02, NIHSS 9",
-                                             "LKW @ 2h, R neglect"};
+                                             "LKW @ 2h, R neglect", "Wake-up stroke, L gaze preference, NIHSS 16",
+                                             "R MCA syndrome, LVO on OSH CTA, transfer", "?thrombectomy candidate",
+                                             "aphasia since 09:10, tPA candidate per neuro"};
     static const char *const window_no[] = {"no stroke alert called, dizzy", "LKW 3 days ago, now stable",
                                             "TIA last week, symptoms resolved", "h/o stroke 2019, new headache",
-                                            "LKW unknown, found down 2 days"};
+                                            "LKW unknown, found down 2 days",
+                                            "not a thrombectomy candidate, deficits since last week"};
     int wy = 0, wn = 0;
     for (size_t i = 0; i < sizeof window_yes / sizeof window_yes[0]; i++) {
         rad_extract(window_yes[i], strlen(window_yes[i]), &f);
@@ -217,7 +220,26 @@ static void test_facts(void) {
         rad_extract(window_no[i], strlen(window_no[i]), &f);
         wn += f.stroke_window == 0;
     }
-    tu_check(wy == 7 && wn == 5, "facts_stroke_window", "%d of 7 windows read, %d of 5 non-windows", wy, wn);
+    tu_check(wy == 11 && wn == 6, "facts_stroke_window", "%d of 11 windows read, %d of 6 non-windows", wy, wn);
+    // a head strike (G9 with an anticoagulant): a hit verb with the head later in its clause, or a head-injury
+    // phrase; not negated, not another body part, not a headache
+    static const char *const strike_yes[] = {
+        "found on floor, states he hit the back of his head on the nightstand", "mechanical fall with head strike",
+        "fell and struck occiput on tile floor", "bumped her head on a cabinet door", "scalp hematoma after fall",
+        "head injury at 14:00, GCS 15", "slipped on ice, hitting head, brief LOC"};
+    static const char *const strike_no[] = {
+        "fell onto R hip, no head strike", "denies hitting head, L wrist deformity", "struck by car, L leg deformity",
+        "headache x3 days, no trauma", "fall, did not hit head, R hip pain", "hit R knee on dashboard"};
+    int hy = 0, hn = 0;
+    for (size_t i = 0; i < sizeof strike_yes / sizeof strike_yes[0]; i++) {
+        rad_extract(strike_yes[i], strlen(strike_yes[i]), &f);
+        hy += f.head_strike == 1;
+    }
+    for (size_t i = 0; i < sizeof strike_no / sizeof strike_no[0]; i++) {
+        rad_extract(strike_no[i], strlen(strike_no[i]), &f);
+        hn += f.head_strike == 0;
+    }
+    tu_check(hy == 7 && hn == 6, "facts_head_strike", "%d of 7 head strikes read, %d of 6 non-strikes", hy, hn);
     // "clipped <words> aneurysm" is an aneurysm clip; "clipped" elsewhere is nothing
     const char *c1 = "Small cell lung ca, staging. PMH: clipped R MCA aneurysm 1996 (clip type unknown). eGFR 70.";
     rad_extract(c1, strlen(c1), &f);
