@@ -202,6 +202,17 @@ static void check_calibration_fit(void) {
     free(gl);
 }
 
+// The decision for a note whose model scores make `top` the confident first label (p about 0.99).
+static rad_result decide_with_top(const char *note, int top) {
+    rad_result q;
+    memset(&q, 0, sizeof q);
+    rad_extract(note, strlen(note), &q.facts);
+    for (int k = 0; k < RAD_NUM_LABELS; k++) q.score[k] = -20.0;
+    q.score[top] = -0.1;
+    rad_result_recalibrate(&q, 1.0, 0.5);
+    return q;
+}
+
 static void check_decision(void) {
     // a model that wants CTA PE; the facts say eGFR 22: the check must not let CTA PE through silently
     rad_result r;
@@ -226,13 +237,8 @@ static void check_decision(void) {
              "decision: low confidence -> REVIEW with alternatives", "label %d reason %s", r.label, r.reason);
     // under-triage guard: a code stroke never auto-assigns a label other than the stroke protocol
     {
-        const char *stroke = "74M code stroke, LKW 1 hr ago, L face/arm weakness, NIHSS 11. eGFR 22.";
-        rad_result q;
-        memset(&q, 0, sizeof q);
-        rad_extract(stroke, strlen(stroke), &q.facts);
-        for (int k = 0; k < RAD_NUM_LABELS; k++) q.score[k] = -20.0;
-        q.score[RAD_CT_MAXFACE] = -0.1;
-        rad_result_recalibrate(&q, 1.0, 0.5);
+        rad_result q = decide_with_top("74M code stroke, LKW 1 hr ago, L face/arm weakness, NIHSS 11. eGFR 22.",
+                                       RAD_CT_MAXFACE);
         tu_check(q.facts.stroke_window && q.label == RAD_REVIEW && !strcmp(q.reason, "stroke window") &&
                      q.top[0] == RAD_CT_MAXFACE,
                  "decision: a confident non-stroke label in a code stroke goes to REVIEW", "window %d label %d reason %s",
@@ -246,14 +252,8 @@ static void check_decision(void) {
     }
     // under-triage guard (G9): an anticoagulated head strike never auto-assigns a label other than a head CT
     {
-        const char *fall = "82 yo M on apixaban, admitted for UTI. Found on floor, hit the back of his head on the "
-                           "nightstand. GCS 15. CKD3a.";
-        rad_result q;
-        memset(&q, 0, sizeof q);
-        rad_extract(fall, strlen(fall), &q.facts);
-        for (int k = 0; k < RAD_NUM_LABELS; k++) q.score[k] = -20.0;
-        q.score[RAD_CT_PANCREAS] = -0.1;
-        rad_result_recalibrate(&q, 1.0, 0.5);
+        rad_result q = decide_with_top("82 yo M on apixaban, admitted for UTI. Found on floor, hit the back of his head "
+                                       "on the nightstand. GCS 15. CKD3a.", RAD_CT_PANCREAS);
         tu_check(q.facts.anticoag && q.facts.head_strike && q.label == RAD_REVIEW &&
                      !strcmp(q.reason, "anticoagulated head strike") && q.top[0] == RAD_CT_PANCREAS,
                  "decision: a confident non-head label after an anticoagulated head strike goes to REVIEW",

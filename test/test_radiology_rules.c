@@ -184,6 +184,21 @@ static void test_pairs(void) {
 }
 
 // Single facts, including the unit conversion and age/sex.
+static int fact_stroke_window(const rad_facts *f) { return f->stroke_window; }
+static int fact_head_strike(const rad_facts *f) { return f->head_strike; }
+
+// How many of the n notes give fact(facts) == want.
+static int count_facts(const char *const *notes, size_t n, int (*fact)(const rad_facts *), int want) {
+    int hits = 0;
+    for (size_t i = 0; i < n; i++) {
+        rad_facts f;
+        rad_extract(notes[i], strlen(notes[i]), &f);
+        hits += fact(&f) == want;
+    }
+    return hits;
+}
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
 static void test_facts(void) {
     rad_facts f;
     const char *n1 = "67F, creat 186 umol/L, on apixaban";
@@ -211,15 +226,8 @@ static void test_facts(void) {
                                             "TIA last week, symptoms resolved", "h/o stroke 2019, new headache",
                                             "LKW unknown, found down 2 days",
                                             "not a thrombectomy candidate, deficits since last week"};
-    int wy = 0, wn = 0;
-    for (size_t i = 0; i < sizeof window_yes / sizeof window_yes[0]; i++) {
-        rad_extract(window_yes[i], strlen(window_yes[i]), &f);
-        wy += f.stroke_window == 1;
-    }
-    for (size_t i = 0; i < sizeof window_no / sizeof window_no[0]; i++) {
-        rad_extract(window_no[i], strlen(window_no[i]), &f);
-        wn += f.stroke_window == 0;
-    }
+    int wy = count_facts(window_yes, ARRAY_LEN(window_yes), fact_stroke_window, 1);
+    int wn = count_facts(window_no, ARRAY_LEN(window_no), fact_stroke_window, 0);
     tu_check(wy == 11 && wn == 6, "facts_stroke_window", "%d of 11 windows read, %d of 6 non-windows", wy, wn);
     // a head strike (G9 with an anticoagulant): a hit verb with the head later in its clause, or a head-injury
     // phrase; not negated, not another body part, not a headache
@@ -230,15 +238,8 @@ static void test_facts(void) {
     static const char *const strike_no[] = {
         "fell onto R hip, no head strike", "denies hitting head, L wrist deformity", "struck by car, L leg deformity",
         "headache x3 days, no trauma", "fall, did not hit head, R hip pain", "hit R knee on dashboard"};
-    int hy = 0, hn = 0;
-    for (size_t i = 0; i < sizeof strike_yes / sizeof strike_yes[0]; i++) {
-        rad_extract(strike_yes[i], strlen(strike_yes[i]), &f);
-        hy += f.head_strike == 1;
-    }
-    for (size_t i = 0; i < sizeof strike_no / sizeof strike_no[0]; i++) {
-        rad_extract(strike_no[i], strlen(strike_no[i]), &f);
-        hn += f.head_strike == 0;
-    }
+    int hy = count_facts(strike_yes, ARRAY_LEN(strike_yes), fact_head_strike, 1);
+    int hn = count_facts(strike_no, ARRAY_LEN(strike_no), fact_head_strike, 0);
     tu_check(hy == 7 && hn == 6, "facts_head_strike", "%d of 7 head strikes read, %d of 6 non-strikes", hy, hn);
     // "clipped <words> aneurysm" is an aneurysm clip; "clipped" elsewhere is nothing
     const char *c1 = "Small cell lung ca, staging. PMH: clipped R MCA aneurysm 1996 (clip type unknown). eGFR 70.";
