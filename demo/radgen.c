@@ -1336,6 +1336,10 @@ static void corpus_finding(rg_rng *r, rg_sb *b) {
     }
 }
 
+// --corpus-styles train: the corpus notes come from every train style (rg_style_split 0), not only the original
+// eight; the validation and test styles stay out either way.
+static int rg_corpus_all_train;
+
 static void corpus(unsigned long long seed, int count) {
     static const char *const cmp[] = {"none", "none available", "prior study from last year", "CT of 3 months ago",
                                       "outside imaging, report only"};
@@ -1345,7 +1349,8 @@ static void corpus(unsigned long long seed, int count) {
     static rg_rec rc;
     static rg_sb b;
     int turn = 0, st[ST_COUNT], nst = 0;
-    for (int s = 0; s < ST_COUNT; s++) if (rg_style_corpus[s]) st[nst++] = s;
+    for (int s = 0; s < ST_COUNT; s++)
+        if (rg_corpus_all_train ? rg_style_split[s] == 0 : rg_style_corpus[s]) st[nst++] = s;
     rg_seed(&r, seed * 7919ull + 5);
     for (int i = 0; i < count; i++) {
         int k = rg_int(&r, 0, 19);
@@ -1379,11 +1384,14 @@ static void corpus(unsigned long long seed, int count) {
 }
 
 static void usage(FILE *fp) {
-    fputs("usage: radgen [--seed N] [--train N] [--out DIR] | --corpus N [--seed N] | --check [--seed N] | --help\n"
+    fputs("usage: radgen [--seed N] [--train N] [--out DIR] | --corpus N [--corpus-styles original|train] [--seed N]\n"
+          "              | --check [--seed N] | --help\n"
           "  --out DIR     write DIR/train.jsonl (3000), val.jsonl (400), test.jsonl (600), sample_orders.jsonl (30)\n"
           "  --train N     notes in train.jsonl (default 3000); the other files do not change with it\n"
           "  --corpus N    print N lines of unlabeled clinical text (pretraining corpus) to stdout: notes in the\n"
           "                8 original train styles only, report-like paragraphs, catalogue descriptions\n"
+          "  --corpus-styles train   the --corpus notes come from all 16 train styles (default original: the 8\n"
+          "                that made the shipped base model's corpus); validation and test styles never do\n"
           "  --check       generate in memory; report (by id) notes where the facts extracted from the text give a\n"
           "                different label or flags than the generator's gold; exit 1 if any\n"
           "  --seed N      seed (default 7)\n"
@@ -1404,6 +1412,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--corpus") && i + 1 < argc) corpus_n = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--corpus-styles") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "train")) rg_corpus_all_train = 1;
+            else if (strcmp(v, "original")) {
+                fprintf(stderr, "radgen: --corpus-styles takes original or train\n");
+                return 2;
+            }
+        }
         else if (!strcmp(argv[i], "--train") && i + 1 < argc) {
             rg_train_override = atoi(argv[++i]);
             if (rg_train_override < 1) { fprintf(stderr, "radgen: --train needs a count of at least 1\n"); return 2; }

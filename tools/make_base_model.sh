@@ -8,9 +8,11 @@
 #   5. write data/base/ (config.json, model.safetensors, tokenizer.model, pretrain.json, README.md); the old
 #      directory is replaced only when everything succeeded
 #
-# usage: tools/make_base_model.sh [--out DIR] [--threads N] [--quick]
+# usage: tools/make_base_model.sh [--out DIR] [--threads N] [--corpus-styles original|train] [--quick]
 #   --out DIR     where the model goes (default data/base)
 #   --threads N   OpenMP threads for pretraining (default: all cores). The result does not depend on it.
+#   --corpus-styles S   original (default: the 8 styles of the shipped model's corpus) or train (all 16 train
+#                 styles of radgen; validation and test styles never enter the corpus)
 #   --quick       a tiny smoke run (small corpus, 2-layer 64-wide model, 30 steps) into build/base-quick
 #                 unless --out is given; for checking the recipe, not for use
 # Takes about 15-20 minutes on 2 cores. The same build configuration on the same CPU family reproduces
@@ -22,11 +24,14 @@ OUT=data/base
 THREADS=""
 QUICK=0
 OUT_SET=0
+CORPUS_STYLES=original
 while [ $# -gt 0 ]; do
     case $1 in
     --out) [ $# -ge 2 ] || { echo "make_base_model: --out needs a directory" >&2; exit 2; }; OUT=$2; OUT_SET=1; shift 2 ;;
     --threads) [ $# -ge 2 ] || { echo "make_base_model: --threads needs a number" >&2; exit 2; }; THREADS=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --corpus-styles) [ $# -ge 2 ] || { echo "make_base_model: --corpus-styles needs original or train" >&2; exit 2; }
+        CORPUS_STYLES=$2; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "make_base_model: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -70,9 +75,11 @@ echo "make_base_model: building $B/radgen and $B/pretrain (${FLAGS[*]})"
 "$CC" "${FLAGS[@]}" demo/pretrain.c -o "$B/pretrain" "${LIBS[@]}"
 
 # 2. corpus
-CORPUS_CMD="build/radgen --corpus $CORPUS_LINES --seed $CORPUS_SEED > corpus.txt"
+STYLE_ARGS=()
+if [ "$CORPUS_STYLES" != original ]; then STYLE_ARGS=(--corpus-styles "$CORPUS_STYLES"); fi
+CORPUS_CMD="build/radgen --corpus $CORPUS_LINES ${STYLE_ARGS[*]}${STYLE_ARGS[*]:+ }--seed $CORPUS_SEED > corpus.txt"
 echo "make_base_model: corpus: $CORPUS_CMD"
-"$B/radgen" --corpus "$CORPUS_LINES" --seed "$CORPUS_SEED" >"$WORK/corpus.txt"
+"$B/radgen" --corpus "$CORPUS_LINES" "${STYLE_ARGS[@]}" --seed "$CORPUS_SEED" >"$WORK/corpus.txt"
 
 # 3. tokenizer: Llama's SentencePiece settings (BPE, byte fallback, digits split, no normalization, dummy prefix,
 # whitespace kept as is and allowed in pieces, unk 0 / bos 1 / eos 2, no pad). Relative paths and a fixed thread
