@@ -1274,21 +1274,6 @@ static void to_check(void *ctx, const char *split, const rg_rec *rc) {
     }
 }
 
-#ifndef RADGEN_NO_MAIN
-
-typedef struct file_sink { FILE *fp[4]; } file_sink;
-static int split_index(const char *name) {
-    if (!strcmp(name, "train")) return 0;
-    if (!strcmp(name, "val")) return 1;
-    if (!strcmp(name, "test")) return 2;
-    return 3;
-}
-static void to_files(void *ctx, const char *split, const rg_rec *rc) {
-    file_sink *s = (file_sink *)ctx;
-    int k = split_index(split);
-    write_record(s->fp[k], rc, k < 3);
-}
-
 // --corpus N: plain clinical text, one paragraph a line: order notes (the 8 original train styles only, so the
 // validation and test templates stay unseen and the shipped base model's corpus is reproduced byte for byte; never
 // a record of the splits themselves), report-like paragraphs headed by
@@ -1340,7 +1325,7 @@ static void corpus_finding(rg_rng *r, rg_sb *b) {
 // eight; the validation and test styles stay out either way.
 static int rg_corpus_all_train;
 
-static void corpus(unsigned long long seed, int count) {
+static void corpus(FILE *out, unsigned long long seed, int count) {
     static const char *const cmp[] = {"none", "none available", "prior study from last year", "CT of 3 months ago",
                                       "outside imaging, report only"};
     static const char *const imp[] = {"No acute abnormality.", "Findings as above.", "Correlate clinically.",
@@ -1358,7 +1343,7 @@ static void corpus(unsigned long long seed, int count) {
             const rg_scen *sc = pick_scenario(&r, &turn);
             make_record(&r, sc, st[rg_u32(&r) % (unsigned)nst], 0, &rc);
             for (char *p = rc.note.s; *p; p++) if (*p == '\n') *p = ' ';
-            puts(rc.note.s);
+            fprintf(out, "%s\n", rc.note.s);
             continue;
         }
         const rad_label_info *L = rad_label(rg_int(&r, 0, RAD_NUM_EXAMS - 1));
@@ -1379,8 +1364,23 @@ static void corpus(unsigned long long seed, int count) {
             default: sb_printf(&b, "The %s study of the %s: %s.", L->modality, L->region, L->desc); break;
             }
         }
-        puts(b.s);
+        fprintf(out, "%s\n", b.s);
     }
+}
+
+#ifndef RADGEN_NO_MAIN
+
+typedef struct file_sink { FILE *fp[4]; } file_sink;
+static int split_index(const char *name) {
+    if (!strcmp(name, "train")) return 0;
+    if (!strcmp(name, "val")) return 1;
+    if (!strcmp(name, "test")) return 2;
+    return 3;
+}
+static void to_files(void *ctx, const char *split, const rg_rec *rc) {
+    file_sink *s = (file_sink *)ctx;
+    int k = split_index(split);
+    write_record(s->fp[k], rc, k < 3);
 }
 
 static void usage(FILE *fp) {
@@ -1427,7 +1427,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--check")) check = 1;
         else { fprintf(stderr, "radgen: unknown argument %d\n", i); usage(stderr); return 2; }
     }
-    if (corpus_n >= 0) { corpus(seed, corpus_n); return 0; }
+    if (corpus_n >= 0) { corpus(stdout, seed, corpus_n); return 0; }
     if (check) {
         check_sink c;
         memset(&c, 0, sizeof c);

@@ -529,6 +529,8 @@ enum {
     RAD__K_BREAK,       // ends a negation scope ("but", "however")
     RAD__K_EGFR, RAD__K_CREAT, RAD__K_AKI, RAD__K_DIALYSIS, RAD__K_ANURIC, RAD__K_RESIDUAL, RAD__K_CKD,
     RAD__K_ESRD, RAD__K_PREDIALYSIS, RAD__K_STROKE_CODE, RAD__K_LKW,
+    RAD__K_ONSET,       // a bare onset time ("onset 09:47"): a stroke window only beside a focal deficit (K_DEFICIT)
+    RAD__K_DEFICIT,     // a focal neurological deficit ("aphasia", "hemiparesis", "facial droop", "NIHSS")
     RAD__K_CLIPPED,     // "clipped": an aneurysm clip when "aneurysm" follows within three words, else nothing
     RAD__K_HITVERB,     // "hit", "struck", "bumped": a head strike (K_HEADHIT) when the head follows within six
                         // words of the same clause; else "struck" (val 1) is trauma and the others nothing
@@ -570,6 +572,12 @@ enum {
 // break ("has an ICD\ncode status: full" is a device, not an "ICD code").
 #define RAD__P_DIGIT 1u
 #define RAD__P_LINE  2u
+// The generator's cue mask (rad_cue_mask: where radgen puts no typos) must stay as it was when the committed splits
+// and the base model's corpus were made, so it scans with the cue table of that time: RAD__P_NEW marks the cues
+// added since (the facts see them, the mask does not), RAD__P_OLD the ones they replaced (the mask sees them, the
+// facts do not).
+#define RAD__P_NEW   4u
+#define RAD__P_OLD   8u
 
 typedef struct rad__cue {
     const char    *pat;
@@ -638,15 +646,32 @@ static const rad__cue rad__cues[] = {
     {"chronic renal failure", RAD__K_CKD, 0, 0}, {"esrd", RAD__K_ESRD, 0, 0}, {"eskd", RAD__K_ESRD, 0, 0},
     {"code stroke", RAD__K_STROKE_CODE, 0, 0}, {"stroke code", RAD__K_STROKE_CODE, 0, 0},
     {"stroke alert", RAD__K_STROKE_CODE, 0, 0}, {"stroke activation", RAD__K_STROKE_CODE, 0, 0},
-    {"wake_up stroke", RAD__K_STROKE_CODE, 0, 0}, {"large vessel occlusion", RAD__K_STROKE_CODE, 0, 0},
-    {"lvo", RAD__K_STROKE_CODE, 0, 0}, {"thrombectomy candidate", RAD__K_STROKE_CODE, 0, 0},
-    {"possible thrombectomy", RAD__K_STROKE_CODE, 0, 0}, {"for thrombectomy", RAD__K_STROKE_CODE, 0, 0},
-    {"candidate for thrombectomy", RAD__K_STROKE_CODE, 0, 0}, {"tpa candidate", RAD__K_STROKE_CODE, 0, 0},
-    {"tnk candidate", RAD__K_STROKE_CODE, 0, 0}, {"lytic candidate", RAD__K_STROKE_CODE, 0, 0},
-    {"thrombolysis candidate", RAD__K_STROKE_CODE, 0, 0}, {"candidate for tpa", RAD__K_STROKE_CODE, 0, 0},
-    {"candidate for thrombolysis", RAD__K_STROKE_CODE, 0, 0},
+    {"wake_up stroke", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"large vessel occlusion", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"lvo", RAD__K_STROKE_CODE, RAD__P_NEW, 0}, {"thrombectomy candidate", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"possible thrombectomy", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"for thrombectomy", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"candidate for thrombectomy", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"tpa candidate", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"tnk candidate", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"lytic candidate", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"thrombolysis candidate", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"candidate for tpa", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
+    {"candidate for thrombolysis", RAD__K_STROKE_CODE, RAD__P_NEW, 0},
     {"lkw", RAD__K_LKW, 0, 0}, {"last known well", RAD__K_LKW, 0, 0}, {"last seen well", RAD__K_LKW, 0, 0},
     {"last seen normal", RAD__K_LKW, 0, 0}, {"symptom onset", RAD__K_LKW, 0, 0}, {"onset of symptoms", RAD__K_LKW, 0, 0},
+    {"onset", RAD__K_ONSET, RAD__P_NEW, 0}, {"onset witnessed", RAD__K_ONSET, RAD__P_NEW, 0},
+    {"witnessed onset", RAD__K_ONSET, RAD__P_NEW, 0},
+    {"aphasi*", RAD__K_DEFICIT, RAD__P_NEW, 0}, {"hemipares*", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"hemipleg*", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"facial droop", RAD__K_DEFICIT, RAD__P_NEW, 0}, {"face droop", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"dysarthri*", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"slurred speech", RAD__K_DEFICIT, RAD__P_NEW, 0}, {"nihss", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"gaze pref*", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"gaze deviation", RAD__K_DEFICIT, RAD__P_NEW, 0}, {"hemianop*", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"neglect", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"arm weakness", RAD__K_DEFICIT, RAD__P_NEW, 0}, {"leg weakness", RAD__K_DEFICIT, RAD__P_NEW, 0},
+    {"sided weakness", RAD__K_DEFICIT, RAD__P_NEW, 0}, {"arm drift", RAD__K_DEFICIT, RAD__P_NEW, 0},
     {"end stage renal*", RAD__K_ESRD, 0, 0}, {"end stage kidney*", RAD__K_ESRD, 0, 0},
 
     // renal risk factors
@@ -839,16 +864,23 @@ static const rad__cue rad__cues[] = {
     {"new pattern", RAD__K_HA_REDFLAG, 0, 0}, {"change in pattern", RAD__K_HA_REDFLAG, 0, 0},
     {"immunocompromised", RAD__K_HA_REDFLAG, 0, 0}, {"cancer", RAD__K_HA_REDFLAG, 0, 0},
     {"malignancy", RAD__K_HA_REDFLAG, 0, 0}, {"fall", RAD__K_TRAUMA, 0, 0}, {"fell", RAD__K_TRAUMA, 0, 0},
-    {"trauma*", RAD__K_TRAUMA, 0, 0}, {"struck", RAD__K_HITVERB, 0, 1}, {"hit", RAD__K_HITVERB, 0, 0},
-    {"hits", RAD__K_HITVERB, 0, 0}, {"hitting", RAD__K_HITVERB, 0, 0}, {"striking", RAD__K_HITVERB, 0, 0},
-    {"bumped", RAD__K_HITVERB, 0, 0}, {"banged", RAD__K_HITVERB, 0, 0}, {"knocked", RAD__K_HITVERB, 0, 0},
+    {"trauma*", RAD__K_TRAUMA, 0, 0}, {"struck", RAD__K_HITVERB, RAD__P_NEW, 1},
+    {"hit", RAD__K_HITVERB, RAD__P_NEW, 0},
+    {"hits", RAD__K_HITVERB, RAD__P_NEW, 0}, {"hitting", RAD__K_HITVERB, RAD__P_NEW, 0},
+    {"striking", RAD__K_HITVERB, RAD__P_NEW, 0},
+    {"bumped", RAD__K_HITVERB, RAD__P_NEW, 0}, {"banged", RAD__K_HITVERB, RAD__P_NEW, 0},
+    {"knocked", RAD__K_HITVERB, RAD__P_NEW, 0},
     {"mvc", RAD__K_TRAUMA, 0, 0}, {"assault*", RAD__K_TRAUMA, 0, 0}, {"injur*", RAD__K_TRAUMA, 0, 0},
-    {"head_strike", RAD__K_HEADHIT, 0, 0}, {"head injur*", RAD__K_HEADHIT, 0, 0},
-    {"head trauma", RAD__K_HEADHIT, 0, 0}, {"scalp hematoma", RAD__K_HEADHIT, 0, 0},
-    {"scalp haematoma", RAD__K_HEADHIT, 0, 0}, {"scalp lac*", RAD__K_HEADHIT, 0, 0},
-    {"occipital hematoma", RAD__K_HEADHIT, 0, 0}, {"occipital haematoma", RAD__K_HEADHIT, 0, 0},
-    {"occipital lac*", RAD__K_HEADHIT, 0, 0}, {"occipital abrasion", RAD__K_HEADHIT, 0, 0},
-    {"forehead lac*", RAD__K_HEADHIT, 0, 0}, {"forehead hematoma", RAD__K_HEADHIT, 0, 0},
+    {"struck", RAD__K_TRAUMA, RAD__P_OLD, 0}, {"hit head", RAD__K_TRAUMA, RAD__P_OLD, 0},
+    {"hit his head", RAD__K_TRAUMA, RAD__P_OLD, 0}, {"hit her head", RAD__K_TRAUMA, RAD__P_OLD, 0},
+    {"head injury", RAD__K_TRAUMA, RAD__P_OLD, 0},
+    {"head_strike", RAD__K_HEADHIT, RAD__P_NEW, 0}, {"head injur*", RAD__K_HEADHIT, RAD__P_NEW, 0},
+    {"head trauma", RAD__K_HEADHIT, RAD__P_NEW, 0}, {"scalp hematoma", RAD__K_HEADHIT, RAD__P_NEW, 0},
+    {"scalp haematoma", RAD__K_HEADHIT, RAD__P_NEW, 0}, {"scalp lac*", RAD__K_HEADHIT, RAD__P_NEW, 0},
+    {"occipital hematoma", RAD__K_HEADHIT, RAD__P_NEW, 0},
+    {"occipital haematoma", RAD__K_HEADHIT, RAD__P_NEW, 0},
+    {"occipital lac*", RAD__K_HEADHIT, RAD__P_NEW, 0}, {"occipital abrasion", RAD__K_HEADHIT, RAD__P_NEW, 0},
+    {"forehead lac*", RAD__K_HEADHIT, RAD__P_NEW, 0}, {"forehead hematoma", RAD__K_HEADHIT, RAD__P_NEW, 0},
     {"sinusitis", RAD__K_SINUSITIS, 0, 0}, {"rhinosinusitis", RAD__K_SINUSITIS, 0, 0},
     {"uncomplicated", RAD__K_UNCOMPLICATED, 0, 0}, {"acute", RAD__K_ACUTE, 0, 0}, {"chronic", RAD__K_CHRONIC, 0, 0},
     {"recurrent", RAD__K_CHRONIC, 0, 0},
@@ -947,6 +979,7 @@ typedef struct rad__doc {
     rad__hit   *hits;
     int         nhits;
     int         overflow;
+    int         mask_table;   // scan with the generator's cue table (RAD__P_OLD in, RAD__P_NEW out): rad_cue_mask
 } rad__doc;
 
 // First-letter buckets of the cue table, computed on the fly in a small stack array (no static state).
@@ -980,6 +1013,7 @@ static void rad__scan(rad__doc *d, rad__hit *buf, int cap) {
         size_t best_end = 0;
         for (int q = start[b]; q < start[b + 1]; q++) {
             const rad__cue *cue = &rad__cues[order[q]];
+            if (cue->flags & (d->mask_table ? RAD__P_NEW : RAD__P_OLD)) continue;
             size_t e = rad__match(s, n, i, cue->pat, cue->flags);
             if (e > best_end) { best_end = e; best = order[q]; }
         }
@@ -1625,11 +1659,36 @@ static int rad__gp_with_gestation(const char *s, size_t n) {
     return 0;
 }
 
+// 1 when a time follows position e (past ':', '=', '@', '~', "at") that puts it inside the stroke window: a clock
+// time ("07:15", "7h30", "0730") or hours <= 24 or minutes ("1 hr ago", "45 min"); not "3 days ago". After "LKW",
+// "last known well", "symptom onset" (G11).
+static int rad__time_in_window(const char *s, size_t n, size_t e) {
+    while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '@' || s[e] == '~')) e++;
+    while (e < n && rad__word_at(s, n, e, "at")) e += 2;
+    while (e < n && s[e] == ' ') e++;
+    if (e >= n || !rad__digit((unsigned char)s[e])) return 0;
+    size_t q = e;
+    float v = 0.0f;
+    while (q < n && rad__digit((unsigned char)s[q])) v = v * 10.0f + (float)(s[q++] - '0');
+    if (q < n && (s[q] == ':' || s[q] == 'h') && q + 2 < n && rad__digit((unsigned char)s[q + 1]) &&
+        rad__digit((unsigned char)s[q + 2]))
+        return 1;   // a clock time: 07:15, 7h30
+    if (q - e == 4 && v <= 2359.0f) return 1;   // 0730
+    if (q < n && s[q] == '.')
+        for (q++; q < n && rad__digit((unsigned char)s[q]); q++) {}
+    while (q < n && s[q] == ' ') q++;
+    if (rad__word_at(s, n, q, "h") || rad__word_at(s, n, q, "hr") || rad__word_at(s, n, q, "hrs") ||
+        rad__word_at(s, n, q, "hour") || rad__word_at(s, n, q, "hours"))
+        return v <= 24.0f;
+    return rad__word_at(s, n, q, "min") || rad__word_at(s, n, q, "mins") || rad__word_at(s, n, q, "minutes");
+}
+
 static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
     const char *s = d->s;
     size_t n = d->n;
     int preg_strong = 0, preg_weak = 0, preg_neg = 0, preg_unknown = 0;
     int anuric = 0, residual = 0, dialysis = 0, implant_removed_all = 1, implant_seen = 0;
+    int onset_in_window = 0, deficit = 0;   // a bare onset time counts beside a focal deficit only (G11)
     rad__age_sex(d, f);
     for (int k = 0; k < d->nhits; k++) {
         const rad__hit *h = &d->hits[k];
@@ -1733,37 +1792,15 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
         case RAD__K_STROKE_CODE:   // "code stroke", "stroke alert" (not "no stroke alert", "stroke alert cancelled")
             if (!rad__negated(d, k)) f->stroke_window = 1;
             break;
-        case RAD__K_LKW: {
-            // "LKW 1 hr ago", "LKW 45 min", "last known well 07:15", "symptom onset 0730"; not "LKW 3 days ago"
-            size_t e = (size_t)h->end;
-            while (e < n && (s[e] == ' ' || s[e] == ':' || s[e] == '=' || s[e] == '@' || s[e] == '~')) e++;
-            while (e < n && rad__word_at(s, n, e, "at")) e += 2;
-            while (e < n && s[e] == ' ') e++;
-            if (e >= n || !rad__digit((unsigned char)s[e])) break;
-            size_t q = e;
-            float v = 0.0f;
-            while (q < n && rad__digit((unsigned char)s[q])) v = v * 10.0f + (float)(s[q++] - '0');
-            if (q < n && (s[q] == ':' || s[q] == 'h') && q + 2 < n && rad__digit((unsigned char)s[q + 1]) &&
-                rad__digit((unsigned char)s[q + 2])) {   // a clock time: 07:15, 7h30
-                f->stroke_window = 1;
-                break;
-            }
-            if (q - e == 4 && v <= 2359.0f) {   // 0730
-                f->stroke_window = 1;
-                break;
-            }
-            if (q < n && s[q] == '.')
-                for (q++; q < n && rad__digit((unsigned char)s[q]); q++) {}
-            while (q < n && s[q] == ' ') q++;
-            if (rad__word_at(s, n, q, "h") || rad__word_at(s, n, q, "hr") || rad__word_at(s, n, q, "hrs") ||
-                rad__word_at(s, n, q, "hour") || rad__word_at(s, n, q, "hours")) {
-                if (v <= 24.0f) f->stroke_window = 1;
-            } else if (rad__word_at(s, n, q, "min") || rad__word_at(s, n, q, "mins") ||
-                       rad__word_at(s, n, q, "minutes")) {
-                f->stroke_window = 1;
-            }
+        case RAD__K_LKW:
+            if (rad__time_in_window(s, n, (size_t)h->end)) f->stroke_window = 1;
             break;
-        }
+        case RAD__K_ONSET:
+            if (rad__time_in_window(s, n, (size_t)h->end)) onset_in_window = 1;
+            break;
+        case RAD__K_DEFICIT:
+            if (!rad__negated(d, k)) deficit = 1;
+            break;
         case RAD__K_RISK:
             if (!rad__negated_local(d, k)) f->renal_risk |= h->val;
             break;
@@ -1902,6 +1939,7 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
     }
     (void)implant_removed_all;
     (void)implant_seen;
+    if (onset_in_window && deficit) f->stroke_window = 1;   // "aphasia + R hemiparesis, onset witnessed 09:47"
     // dialysis: anuric only when said so
     if (dialysis || anuric) {
         if (dialysis) f->dialysis = (anuric && !residual) ? RAD_DIALYSIS_ANURIC : RAD_DIALYSIS_RESIDUAL;
@@ -1925,6 +1963,7 @@ RADDEF int rad_extract(const char *note, size_t len, rad_facts *f) {
     if (!note) return 0;
     d.s = note;
     d.n = len;
+    d.mask_table = 0;
     rad__scan(&d, hits, RAD_MAX_HITS);
     rad__extract_doc(&d, f);
     if (d.overflow) f->incomplete = 1;
@@ -1937,6 +1976,7 @@ RADDEF int rad_cue_mask(const char *note, size_t len, unsigned char *mask) {
     memset(mask, 0, len);
     d.s = note;
     d.n = len;
+    d.mask_table = 1;
     rad__scan(&d, hits, RAD_MAX_HITS);
     for (int k = 0; k < d.nhits; k++) {
         // The stroke-window cues feed the engine's under-triage guard, not the facts the generator's gold comes

@@ -221,14 +221,16 @@ static void test_facts(void) {
                                              "symptom onset 0730, dysarthria", "Stroke alert 14:02, NIHSS 9",
                                              "LKW @ 2h, R neglect", "Wake-up stroke, L gaze preference, NIHSS 16",
                                              "R MCA syndrome, LVO on OSH CTA, transfer", "?thrombectomy candidate",
-                                             "aphasia since 09:10, tPA candidate per neuro"};
+                                             "aphasia since 09:10, tPA candidate per neuro",
+                                             "sudden aphasia, onset witnessed 09:47 at church"};
     static const char *const window_no[] = {"no stroke alert called, dizzy", "LKW 3 days ago, now stable",
                                             "TIA last week, symptoms resolved", "h/o stroke 2019, new headache",
                                             "LKW unknown, found down 2 days",
-                                            "not a thrombectomy candidate, deficits since last week"};
+                                            "not a thrombectomy candidate, deficits since last week",
+                                            "sudden onset of L leg weakness 3 weeks ago, onset 3 weeks ago"};
     int wy = count_facts(window_yes, ARRAY_LEN(window_yes), fact_stroke_window, 1);
     int wn = count_facts(window_no, ARRAY_LEN(window_no), fact_stroke_window, 0);
-    tu_check(wy == 11 && wn == 6, "facts_stroke_window", "%d of 11 windows read, %d of 6 non-windows", wy, wn);
+    tu_check(wy == 12 && wn == 7, "facts_stroke_window", "%d of 12 windows read, %d of 7 non-windows", wy, wn);
     // a head strike (G9 with an anticoagulant): a hit verb with the head later in its clause, or a head-injury
     // phrase; not negated, not another body part, not a headache
     static const char *const strike_yes[] = {
@@ -614,6 +616,27 @@ static void test_regeneration(void) {
 // The generator's gold against extraction + rules on other seeds than the committed one: other notes, other
 // orders of the facts (seeds 2 and 4 once found a list negator that reached a contrast reaction across commas;
 // seeds 46-291 an "ICD code" across a line break and a negated breastfeeding: `radgen --check` agrees on 1-400).
+// The pretraining corpus of the shipped base model (data/base/pretrain.json: `radgen --corpus 64000 --seed 1`,
+// 12153479 bytes) must come out byte for byte, or tools/make_base_model.sh no longer reproduces data/base. The
+// extractor's cue table feeds the generator's typo mask (rad_cue_mask), so a new cue can move a typo: this pins
+// the corpus by its length and its 64-bit FNV-1a hash (0xd21e383418adab0c, computed from the corpus the shipped
+// model was pretrained on).
+static void test_corpus_bytes(void) {
+    const char *path = tu_path("corpus.txt");
+    FILE *fp = fopen(path, "wb");
+    if (!fp) { tu_check(0, "corpus_bytes", "cannot write %s", path); return; }
+    corpus(fp, 1, 64000);
+    fclose(fp);
+    size_t len;
+    char *text = read_file(path, &len);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; text && i < len; i++) h = (h ^ (unsigned char)text[i]) * 0x100000001b3ull;
+    free(text);
+    tu_check(text && len == 12153479 && h == 0xd21e383418adab0cull, "corpus_bytes",
+             "radgen --corpus 64000 --seed 1: %zu bytes (want 12153479), FNV-1a %016llx (want d21e383418adab0c)", len,
+             (unsigned long long)h);
+}
+
 static void test_other_seeds(void) {
     const int nseeds = getenv("QLORA_TEST_QUICK") ? 4 : 9;
     int bad = 0, n = 0, first = 0;
@@ -677,6 +700,7 @@ int main(void) {
     test_generated();
     test_coverage();
     test_regeneration();
+    test_corpus_bytes();
     test_other_seeds();
     test_dev();
     test_speed();
