@@ -987,6 +987,22 @@ static int rad__first_index(const rad__cue *c) { return (unsigned char)c->pat[0]
 
 // One pass over word starts: at each, the longest cue that matches; then continue after it.
 static int rad__word_at(const char *s, size_t n, size_t i, const char *w);
+// The end of the first of `want` (a NULL-terminated list of words) among the next `words` words after position i,
+// within `bytes` bytes and the same clause (words apart by spaces, '-' or '/' only); 0 when none is there.
+static size_t rad__word_ahead(const char *s, size_t n, size_t i, int words, size_t bytes, const char *const *want) {
+    size_t j = i;
+    for (int w = 0; w < words && j < n && j - i < bytes; w++) {
+        while (j < n && (s[j] == ' ' || s[j] == '-' || s[j] == '/')) j++;
+        for (const char *const *x = want; *x; x++) {
+            size_t L = (size_t)rad__word_at(s, n, j, *x);
+            if (L) return j + L;
+        }
+        if (j >= n || !rad__alnum((unsigned char)s[j])) break;   // the clause ends
+        while (j < n && rad__alnum((unsigned char)s[j])) j++;
+    }
+    return 0;
+}
+
 static void rad__scan(rad__doc *d, rad__hit *buf, int cap) {
     const char *s = d->s;
     size_t n = d->n, i = 0;
@@ -1030,42 +1046,22 @@ static void rad__scan(rad__doc *d, rad__hit *buf, int cap) {
         h->val = rad__cues[best].val;
         i = best_end;
         if (h->kind == RAD__K_CLIPPED) {   // "clipped R MCA aneurysm", "clipped left PCOM aneurysm 1996"
-            size_t j = i;
-            for (int w = 0; w < 4 && j < n && j - i < 32; w++) {
-                while (j < n && (s[j] == ' ' || s[j] == '-' || s[j] == '/')) j++;
-                size_t L = rad__word_at(s, n, j, "aneurysm");
-                if (!L) L = rad__word_at(s, n, j, "aneurysms");
-                if (L) {
-                    h->kind = RAD__K_DEVICE;
-                    h->end = (int)(j + L);
-                    i = j + L;
-                    break;
-                }
-                if (j >= n || !rad__alnum((unsigned char)s[j])) break;
-                while (j < n && rad__alnum((unsigned char)s[j])) j++;
-            }
-            if (h->kind == RAD__K_CLIPPED) d->nhits--;   // no aneurysm: not a cue
+            static const char *const aneurysm[] = {"aneurysm", "aneurysms", NULL};
+            size_t e = rad__word_ahead(s, n, i, 4, 32, aneurysm);
+            if (e) {
+                h->kind = RAD__K_DEVICE;
+                h->end = (int)e;
+                i = e;
+            } else d->nhits--;   // no aneurysm: not a cue
         } else if (h->kind == RAD__K_HITVERB) {   // "hit the back of his head on the nightstand", "struck head"
-            size_t j = i;
-            for (int w = 0; w < 6 && j < n && j - i < 48; w++) {
-                while (j < n && (s[j] == ' ' || s[j] == '-' || s[j] == '/')) j++;
-                size_t L = rad__word_at(s, n, j, "head");
-                if (!L) L = rad__word_at(s, n, j, "occiput");
-                if (!L) L = rad__word_at(s, n, j, "forehead");
-                if (!L) L = rad__word_at(s, n, j, "scalp");
-                if (L) {
-                    h->kind = RAD__K_HEADHIT;
-                    h->end = (int)(j + L);
-                    i = j + L;
-                    break;
-                }
-                if (j >= n || !rad__alnum((unsigned char)s[j])) break;   // the clause ends
-                while (j < n && rad__alnum((unsigned char)s[j])) j++;
-            }
-            if (h->kind == RAD__K_HITVERB) {
-                if (h->val) h->kind = RAD__K_TRAUMA;   // "struck" without a head: trauma, as before
-                else d->nhits--;
-            }
+            static const char *const head[] = {"head", "occiput", "forehead", "scalp", NULL};
+            size_t e = rad__word_ahead(s, n, i, 6, 48, head);
+            if (e) {
+                h->kind = RAD__K_HEADHIT;
+                h->end = (int)e;
+                i = e;
+            } else if (h->val) h->kind = RAD__K_TRAUMA;   // "struck" without a head: trauma, as before
+            else d->nhits--;
         }
         // a prefix pattern may stop inside a word: skip the rest of it
         while (i < n && i > 0 && rad__alnum((unsigned char)s[i - 1]) && rad__alnum((unsigned char)s[i]) &&
