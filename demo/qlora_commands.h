@@ -1066,32 +1066,18 @@ static const char *const tr_strict_keys[] = {
     "data_seed",  "group_by_length", "blocksize",     "double_quant",   "compute",
 };
 
-// Whether the JSON object in path (a checkpoint's resolved_config.json) has the key.
-static int tr_config_has(const char *path, const char *key) {
-    qlora_json_doc doc;
-    qlora_error err;
-    if (qlora_json_read_file(&doc, path, &err) != QLORA_OK) return 0;
-    int has = 0;
-    const size_t n = strlen(key);
-    if (doc.root.type == QLORA_JSON_OBJECT)
-        for (int64_t k = 0; k < doc.root.count && !has; k++)
-            has = (size_t)doc.root.key_lens[k] == n && !memcmp(doc.root.keys[k], key, n);
-    qlora_json_free(&doc);
-    return has;
-}
-
-// A checkpoint written before `compute` was recorded (its resolved_config.json in path lacks the key) was
-// trained in fp32, then the only arithmetic: c computes in fp32 unless a flag sets compute.
-static void tr_compute_of_old_checkpoint(cli_cfg *c, const char *path) {
+// c's file layer is a checkpoint's resolved_config.json. One written before `compute` was recorded (compute is
+// still train's default, neither the file nor a flag set it) was trained in fp32, then the only arithmetic.
+static void tr_compute_of_old_checkpoint(cli_cfg *c) {
     const int i = cli_opt_index("compute");
-    if (c->src[i] != SRC_FLAG && !tr_config_has(path, "compute")) cli_set(c, i, "fp32", SRC_CONFIG);
+    if (c->src[i] == SRC_DEFAULT) cli_set(c, i, "fp32", SRC_CONFIG);
 }
 
 // The configuration a checkpoint was trained with: train's defaults under its resolved_config.json.
 static int tr_checkpoint_config(cli_cfg *old, const char *path) {
     cli_cfg_defaults(old, CMD_TRAIN, "train");
     const int ok = cli_cfg_apply_json(old, path);
-    tr_compute_of_old_checkpoint(old, path);
+    tr_compute_of_old_checkpoint(old);
     return ok;
 }
 
@@ -1151,7 +1137,7 @@ static int cmd_train(cli_cfg *c) {
             free(ckdir);
             return 1;
         }
-        if (!c->config_path) tr_compute_of_old_checkpoint(c, rc);
+        if (!c->config_path) tr_compute_of_old_checkpoint(c);
         free(rc);
         tr.out = cfg_str(c, "output");
     }
