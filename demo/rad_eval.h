@@ -432,23 +432,16 @@ RADE_FN int rad_eval__exposes(unsigned flag, int label, unsigned agents, int unk
 // contraindication behind flag that the facts show, or under any of them when the facts show none.
 RADE_FN int rad_eval__switched(unsigned flag, int label, const rad_facts *f) {
     const rad_label_info *L = rad_label(label);
-    int ci[3], n = 0;
     if (!rad_eval_is_exam(label) || !L) return 0;
-    unsigned behind = flag == RAD_FLAG_PREGNANCY     ? 1u << RAD_CI_PREGNANCY
-                      : flag == RAD_FLAG_MRI_SAFETY  ? 1u << RAD_CI_MRI_UNSAFE
-                      : flag == RAD_FLAG_CONTRAST_RISK ? (1u << RAD_CI_IOD_REACTION | 1u << RAD_CI_RENAL |
-                                                          1u << RAD_CI_GAD_REACTION)
-                                                       : 0u;
+    // the table's columns (bits 1 << RAD_CI_*) of the contraindications behind flag
+    const unsigned behind = flag == RAD_FLAG_PREGNANCY       ? 1u << RAD_CI_PREGNANCY
+                            : flag == RAD_FLAG_MRI_SAFETY    ? 1u << RAD_CI_MRI_UNSAFE
+                            : flag == RAD_FLAG_CONTRAST_RISK ? (1u << RAD_CI_IOD_REACTION | 1u << RAD_CI_RENAL |
+                                                                1u << RAD_CI_GAD_REACTION)
+                                                             : 0u;
     if (rad__present(f) & behind) return (rad_contraindications(f, label) & behind) != 0;
-    if (flag == RAD_FLAG_PREGNANCY) ci[n++] = RAD_CI_PREGNANCY;
-    else if (flag == RAD_FLAG_MRI_SAFETY) ci[n++] = RAD_CI_MRI_UNSAFE;
-    else if (flag == RAD_FLAG_CONTRAST_RISK) {
-        ci[n++] = RAD_CI_IOD_REACTION;
-        ci[n++] = RAD_CI_RENAL;
-        ci[n++] = RAD_CI_GAD_REACTION;
-    }
-    for (int k = 0; k < n; k++)
-        if (L->alt[ci[k]] != RAD_ALT_NA && L->alt[ci[k]] != RAD_ALT_KEEP) return 1;
+    for (int ci = 0; ci < RAD_CI_COUNT; ci++)
+        if ((behind >> ci & 1u) && L->alt[ci] != RAD_ALT_NA && L->alt[ci] != RAD_ALT_KEEP) return 1;
     return 0;
 }
 
