@@ -1321,11 +1321,9 @@ static void corpus_finding(rg_rng *r, rg_sb *b) {
     }
 }
 
-// --corpus-styles train: the corpus notes come from every train style (rg_style_split 0), not only the original
-// eight; the validation and test styles stay out either way.
-static int rg_corpus_all_train;
-
-static void corpus(FILE *out, unsigned long long seed, int count) {
+// all_train (--corpus-styles train): the corpus notes come from every train style (rg_style_split 0), not only
+// the original eight; the validation and test styles stay out either way.
+static void corpus(FILE *out, unsigned long long seed, int count, int all_train) {
     static const char *const cmp[] = {"none", "none available", "prior study from last year", "CT of 3 months ago",
                                       "outside imaging, report only"};
     static const char *const imp[] = {"No acute abnormality.", "Findings as above.", "Correlate clinically.",
@@ -1335,7 +1333,7 @@ static void corpus(FILE *out, unsigned long long seed, int count) {
     static rg_sb b;
     int turn = 0, st[ST_COUNT], nst = 0;
     for (int s = 0; s < ST_COUNT; s++)
-        if (rg_corpus_all_train ? rg_style_split[s] == 0 : rg_style_corpus[s]) st[nst++] = s;
+        if (all_train ? rg_style_split[s] == 0 : rg_style_corpus[s]) st[nst++] = s;
     rg_seed(&r, seed * 7919ull + 5);
     for (int i = 0; i < count; i++) {
         int k = rg_int(&r, 0, 19);
@@ -1406,7 +1404,7 @@ static void usage(FILE *fp) {
 int main(int argc, char **argv) {
     unsigned long long seed = 7;
     const char *out = NULL;
-    int corpus_n = -1, check = 0;
+    int corpus_n = -1, corpus_all_train = 0, check = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
@@ -1414,7 +1412,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--corpus") && i + 1 < argc) corpus_n = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--corpus-styles") && i + 1 < argc) {
             const char *v = argv[++i];
-            if (!strcmp(v, "train")) rg_corpus_all_train = 1;
+            if (!strcmp(v, "train")) corpus_all_train = 1;
             else if (strcmp(v, "original")) {
                 fprintf(stderr, "radgen: --corpus-styles takes original or train\n");
                 return 2;
@@ -1427,7 +1425,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--check")) check = 1;
         else { fprintf(stderr, "radgen: unknown argument %d\n", i); usage(stderr); return 2; }
     }
-    if (corpus_n >= 0) { corpus(stdout, seed, corpus_n); return 0; }
+    if (corpus_n >= 0) { corpus(stdout, seed, corpus_n, corpus_all_train); return 0; }
     if (check) {
         check_sink c;
         memset(&c, 0, sizeof c);

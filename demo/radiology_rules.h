@@ -985,8 +985,8 @@ typedef struct rad__doc {
 // First-letter buckets of the cue table, computed on the fly in a small stack array (no static state).
 static int rad__first_index(const rad__cue *c) { return (unsigned char)c->pat[0]; }
 
-// One pass over word starts: at each, the longest cue that matches; then continue after it.
 static int rad__word_at(const char *s, size_t n, size_t i, const char *w);
+
 // The end of the first of `want` (a NULL-terminated list of words) among the next `words` words after position i,
 // within `bytes` bytes and the same clause (words apart by spaces, '-' or '/' only); 0 when none is there.
 static size_t rad__word_ahead(const char *s, size_t n, size_t i, int words, size_t bytes, const char *const *want) {
@@ -1003,6 +1003,7 @@ static size_t rad__word_ahead(const char *s, size_t n, size_t i, int words, size
     return 0;
 }
 
+// One pass over word starts: at each, the longest cue that matches; then continue after it.
 static void rad__scan(rad__doc *d, rad__hit *buf, int cap) {
     const char *s = d->s;
     size_t n = d->n, i = 0;
