@@ -6,12 +6,15 @@
 // and call ch_init(argv[0], "tag") before running anything: every command then runs as this program
 // re-executed with "--cli ..." (exit codes and signals are real), stdout and stderr into files under
 // ch_root, a scratch folder of this test. ch_run runs a command to its end; ch_spawn starts one and
-// returns, for tests that signal it mid-run (ch_wait_until, kill, ch_wait) or limit its file sizes.
+// returns, for tests that signal it mid-run (ch_wait_until, kill, ch_wait) or limit its file sizes;
+// ch_run_tty runs one with its stderr on a pseudo-terminal, as a person at a terminal sees it.
 #ifndef QLORA_CLI_HARNESS_H
 #define QLORA_CLI_HARNESS_H
 
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <termios.h>
 
 static char ch_self[4096];
 static char ch_root[512];
@@ -68,7 +71,10 @@ typedef struct ch_result {
     char  out[600], err[600];
 } ch_result;
 
-static inline ch_result ch_vspawn(const char *tag, const char *env, long fsize, const char *fmt, va_list ap) {
+// tty: NULL, or the path of a pseudo-terminal's slave side that becomes the child's controlling terminal
+// and its stderr (output processing off, so the parent reads the bytes the child wrote).
+static inline ch_result ch_vspawn(const char *tag, const char *env, long fsize, const char *tty, const char *fmt,
+                                  va_list ap) {
     char cmd[4096];
     vsnprintf(cmd, sizeof cmd, fmt, ap);
     ch_result r;
@@ -82,7 +88,18 @@ static inline ch_result ch_vspawn(const char *tag, const char *env, long fsize, 
     r.pid = fork();
     if (r.pid == 0) {
         int fo = open(r.out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int fe = open(r.err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fe;
+        if (tty) {
+            setsid();   // a new session, so that opening the slave makes it the controlling terminal
+            fe = open(tty, O_RDWR);
+            struct termios tio;
+            if (fe >= 0 && tcgetattr(fe, &tio) == 0) {
+                tio.c_oflag &= ~(tcflag_t)OPOST;
+                tcsetattr(fe, TCSANOW, &tio);
+            }
+        } else {
+            fe = open(r.err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        }
         if (fo < 0 || fe < 0) _exit(125);
         dup2(fo, 1);
         dup2(fe, 2);
@@ -116,7 +133,7 @@ static inline ch_result ch_vspawn(const char *tag, const char *env, long fsize, 
 static inline ch_result ch_spawn(const char *tag, const char *env, long fsize, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    ch_result r = ch_vspawn(tag, env, fsize, fmt, ap);
+    ch_result r = ch_vspawn(tag, env, fsize, NULL, fmt, ap);
     va_end(ap);
     return r;
 }
@@ -142,8 +159,65 @@ static inline int ch_wait(ch_result *r) {
 static inline ch_result ch_run(const char *tag, const char *env, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    ch_result r = ch_vspawn(tag, env, 0, fmt, ap);
+    ch_result r = ch_vspawn(tag, env, 0, NULL, fmt, ap);
     va_end(ap);
+    ch_wait(&r);
+    return r;
+}
+
+// Runs `qlora <cmd>` with its stderr on a pseudo-terminal, as a person at a terminal sees it, and waits;
+// every byte it wrote there is in r.err. r.rc is -1 when no pseudo-terminal could be had.
+static inline ch_result ch_run_tty(const char *tag, const char *env, const char *fmt, ...) {
+    ch_result r;
+    r.rc = r.pid = -1;
+    snprintf(r.out, sizeof r.out, "%s/%s.out", ch_root, tag);
+    snprintf(r.err, sizeof r.err, "%s/%s.err", ch_root, tag);
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    if (master < 0) return r;
+    char slave[256];
+    if (grantpt(master) != 0 || unlockpt(master) != 0 || !ptsname(master)) {
+        close(master);
+        return r;
+    }
+    snprintf(slave, sizeof slave, "%s", ptsname(master));
+    FILE *log = fopen(r.err, "wb");
+    if (!log) {
+        close(master);
+        return r;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    r = ch_vspawn(tag, env, 0, slave, fmt, ap);
+    va_end(ap);
+    // drain the terminal while the child runs, so that it never blocks on a full terminal buffer; then
+    // what is left (Linux: read fails with EIO once no process holds the slave side)
+    char buf[4096];
+    int ended = r.pid <= 0;
+    for (;;) {
+        struct pollfd pf;
+        pf.fd = master;
+        pf.events = POLLIN;
+        pf.revents = 0;
+        int ready = poll(&pf, 1, ended ? 0 : 100);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready > 0) {
+            ssize_t k = read(master, buf, sizeof buf);
+            if (k > 0) {
+                fwrite(buf, 1, (size_t)k, log);
+                continue;
+            }
+            if (k < 0 && errno == EINTR) continue;
+            break;   // EIO or end: the slave side is closed
+        }
+        if (ended) break;   // nothing more to read from a child that has ended
+        int status;
+        if (waitpid(r.pid, &status, WNOHANG) == r.pid) {
+            ch_ended(&r, status);
+            ended = 1;
+        }
+    }
+    fclose(log);
+    close(master);
     ch_wait(&r);
     return r;
 }

@@ -8,7 +8,8 @@
 // Checks: help of every command; info against the loaded model; quantize (same NF4 as
 // quantize-on-load); train (outputs, checkpoint rotation, resolved config, config file + flag
 // precedence, MLflow run / metrics / artifacts / registry, loss goes down); bit-identical final
-// adapter for OMP_NUM_THREADS 1 vs 2, after SIGKILL + resume and after Ctrl-C + resume; bad
+// adapter for OMP_NUM_THREADS 1 vs 2, after SIGKILL + resume and after Ctrl-C + resume; the progress line
+// and end summary on a terminal (a pseudo-terminal); bad
 // inputs (malformed line, empty file, too long with --no-truncate, NaN loss, full disk while
 // checkpointing, adapter of another model, changed config on resume, existing checkpoints);
 // generate / score / eval; merge (fp32 logits of the merged model = base + adapter, fp16/bf16
@@ -358,6 +359,101 @@ static void test_threads(void) {
                          train_args, out);
     tu_check(r.rc == 0 && ch_same_file(ref_adapter, ch_fmt("%s/adapter_model.safetensors", out)),
              "cli_same_bytes_1_vs_2_threads", "rc %d: %s", r.rc, ch_line(r.err, "error"));
+}
+
+// What a person at a terminal sees of `qlora train` (stderr a pseudo-terminal): one live progress line,
+// rewritten in place ("\rstep K/N | ... \033[K") at every step; every message starts on a clean line (the
+// progress line is cleared first with "\r\033[K"); a one-line summary at the end; none of the plain log
+// lines that a file gets. The display changes nothing: the adapter has the bytes of the logged run.
+static void test_progress_tty(void) {
+    const char *out = ch_fmt("%s/T", ch_root);
+    ch_result r = ch_run_tty("train_T", "OMP_NUM_THREADS=2", "train %s --output %s --no-mlflow", train_args, out);
+    if (r.rc == -1 && r.pid == -1) {
+        tu_skip("cli_progress_tty", "no pseudo-terminal (posix_openpt)");
+        return;
+    }
+    size_t n = 0;
+    char *t = ch_slurp(r.err, &n);
+    if (!tu_check(r.rc == 0 && t, "cli_progress_tty_runs", "rc %d", r.rc)) {
+        free(t);
+        return;
+    }
+    // the progress updates: every step once, each one complete on one line
+    int seen[9] = {0}, bad_update = 0, updates = 0;
+    for (const char *p = strstr(t, "\rstep "); p; p = strstr(p + 1, "\rstep ")) {
+        const char *end = strstr(p, "\033[K");
+        const char *nl = strchr(p, '\n');
+        int k = 0, total = 0;
+        updates++;
+        if (!end || (nl && nl < end) || sscanf(p, "\rstep %d/%d |", &k, &total) != 2 || total != 8 || k < 1 ||
+            k > 8) {
+            bad_update++;
+            continue;
+        }
+        char line[256];
+        size_t len = (size_t)(end - p) < sizeof line - 1 ? (size_t)(end - p) : sizeof line - 1;
+        memcpy(line, p, len);
+        line[len] = 0;
+        if (!strstr(line, "| epoch ") || !strstr(line, "| loss ") || !strstr(line, "| lr ") ||
+            !strstr(line, " tok/s | ETA ") || !strstr(line, "| RSS ") || !strstr(line, " MB"))
+            bad_update++;
+        seen[k]++;
+    }
+    int missing = 0;
+    for (int k = 1; k <= 8; k++) missing += seen[k] == 0;
+    tu_check(updates >= 8 && bad_update == 0 && missing == 0, "cli_progress_tty_line",
+             "%d updates, %d malformed, %d steps never shown", updates, bad_update, missing);
+    // every message begins a line of its own: at the start, after a newline, or after the clear
+    int glued = 0, messages = 0;
+    for (const char *p = strstr(t, "qlora: "); p; p = strstr(p + 1, "qlora: ")) {
+        messages++;
+        int clean = p == t || p[-1] == '\n' || (p - t >= 4 && !memcmp(p - 4, "\r\033[K", 4));
+        glued += !clean;
+    }
+    // without the updates and the clears, what remains is whole lines of messages
+    char *rest = (char *)malloc(n + 1);
+    size_t m = 0;
+    for (size_t i = 0; i < n && rest;) {
+        if (!strncmp(t + i, "\rstep ", 6)) {   // an update, up to its erase-to-end-of-line
+            const char *end = strstr(t + i, "\033[K");
+            if (!end) break;
+            i = (size_t)(end - t) + 3;
+        } else if (!strncmp(t + i, "\r\033[K", 4)) {
+            i += 4;
+        } else {
+            rest[m++] = t[i++];
+        }
+    }
+    int stray = 0, not_message = 0, done_lines = 0;
+    const char *summary = NULL;
+    if (rest) {
+        rest[m] = 0;
+        stray = strchr(rest, '\r') != NULL || strchr(rest, '\033') != NULL || (m > 0 && rest[m - 1] != '\n');
+        for (char *line = rest; *line;) {
+            char *nl = strchr(line, '\n');
+            if (!nl) break;
+            *nl = 0;
+            if (strncmp(line, "qlora: ", 7) != 0) not_message++;
+            if (!strncmp(line, "qlora: done: ", 13)) {
+                done_lines++;
+                summary = line;
+            }
+            line = nl + 1;
+        }
+    }
+    tu_check(messages > 0 && glued == 0 && rest && !stray && not_message == 0, "cli_progress_tty_messages",
+             "%d of %d messages glued to a progress line, stray control bytes %d, %d lines not messages", glued,
+             messages, stray, not_message);
+    tu_check(done_lines == 1 && summary && !strncmp(summary, "qlora: done: 8 steps (8 this run) in ", 37) &&
+                 strstr(summary, ", loss ") && strstr(summary, ", eval_loss ") &&
+                 strstr(summary, " tok/s, peak RSS ") && strstr(summary, "; adapter in ") && strstr(summary, out),
+             "cli_progress_tty_summary", "%d summary lines: '%s'", done_lines, summary ? summary : "");
+    tu_check(!strstr(t, "step 3/8 epoch") && !strstr(t, "grad_norm"), "cli_progress_tty_no_log_lines",
+             "the plain log lines appear on the terminal");
+    tu_check(ch_same_file(ref_adapter, ch_fmt("%s/adapter_model.safetensors", out)), "cli_progress_tty_same_bytes",
+             "the adapter differs from the run logged to a file");
+    free(rest);
+    free(t);
 }
 
 // --compute: train defaults to bf16 (bitsandbytes' compute_dtype=bfloat16, the QLoRA recipe; the arithmetic
@@ -817,6 +913,7 @@ int main(int argc, char **argv) {
     test_train();
     test_config_file();
     test_threads();
+    test_progress_tty();
     test_compute();
     test_kill_resume();
     test_sigint();
