@@ -78,6 +78,7 @@ static const shape shapes_full[] = {
     { 1, 5, 32, 0, "in1 out5" },
     { 256, 40, 128, 1, "in256 out40 bs128 DQ" },
     { 384, 11, 4096, 0, "in384 out11 bs4096 (blocks span rows)" },
+    { 640, 70, 64, 1, "in640 out70 bs64 DQ (3 DQ blocks, rows across their ends)" },
 };
 static const shape shapes_quick[] = {
     { 64, 64, 64, 0, "64x64 bs64" },
@@ -85,6 +86,7 @@ static const shape shapes_quick[] = {
     { 33, 17, 32, 0, "in33 out17 bs32 (odd n, odd rows)" },
     { 288, 40, 4096, 0, "in288 out40 bs4096" },
     { 256, 24, 32, 1, "in256 out24 bs32 DQ" },
+    { 640, 70, 64, 1, "in640 out70 bs64 DQ (3 DQ blocks, rows across their ends)" },
 };
 static const int64_t Ms_full[] = { 1, 2, 3, 5, 8, 9, 17, 64 };
 static const int64_t Ms_quick[] = { 1, 3, 9, 17 };
