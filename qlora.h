@@ -7202,6 +7202,14 @@ QLORADEF qlora_status qlora_tokenizer_load_json_buffer(qlora_tokenizer *t, const
             blob += (int64_t)c->str_len + 1;
         }
     }
+    // every id below the largest needs a token, so the entries bound the ids: checked before the tables
+    // are sized by the largest id
+    if ((int64_t)max_id >= nv + (added && added->type == QLORA_JSON_ARRAY ? added->count : 0)) {
+        snprintf(msg, sizeof msg, "id %lld is larger than the %lld entries of model.vocab and added_tokens allow",
+                 (long long)max_id, (long long)(nv + (added && added->type == QLORA_JSON_ARRAY ? added->count : 0)));
+        st = qlora__tok_json_fail(err, name, msg);
+        goto done;
+    }
     n = max_id + 1;
     st = qlora__tok_alloc(t, n, blob, name, err);
     if (st != QLORA_OK) goto done;
