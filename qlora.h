@@ -2151,7 +2151,6 @@ QLORADEF size_t qlora_nf4_bytes(const qlora_nf4 *w) {
 #define QLORA__NC     512       // columns of one packed B block (a multiple of QLORA__NR)
 #define QLORA__MC     1536      // rows of one packed A panel (a multiple of QLORA__MR)
 #define QLORA__GEMV_M 8         // M up to this uses the fused GEMV
-#define QLORA__GEMV_RR 4        // rows of W the AVX-512 forward GEMV takes per pass at M = 1 (sharing x's loads)
 
 #if defined(__GNUC__) || defined(__clang__)
 #define QLORA__FORCEINLINE static inline __attribute__((always_inline))
@@ -3056,60 +3055,35 @@ QLORA__FORCEINLINE void qlora__gemv_fwd_rows(float *y, const float *xs, const ql
     qlora__scale_tab tab;
     tab.d = -1;
     const __m512 cb = _mm512_loadu_ps(code);
-    const int RR = MM == 1 ? QLORA__GEMV_RR : 1;   // rows of W per pass: with one row of x they share its loads
-    for (int64_t n = n0; n < n1; n += RR) {
-        const int64_t rr = qlora__min64(RR, n1 - n);
-        const uint8_t *cr[QLORA__GEMV_RR];
-        __m512 tot[QLORA__GEMV_RR][QLORA__GEMV_M];
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *cr = w->codes + n * (K / 2);
+        __m512 tot[QLORA__GEMV_M];
         QLORA__NF4_UNROLL
-        for (int r = 0; r < RR; r++) {
-            cr[r] = w->codes + (n + (r < rr ? r : 0)) * (K / 2);
-            QLORA__NF4_UNROLL
-            for (int m = 0; m < MM; m++) tot[r][m] = _mm512_setzero_ps();
-        }
+        for (int m = 0; m < MM; m++) tot[m] = _mm512_setzero_ps();
         for (int64_t g = 0; g < K; g += 128) {
-            __m512i v[QLORA__GEMV_RR];
-            __m512 a0[QLORA__GEMV_RR][QLORA__GEMV_M], a1[QLORA__GEMV_RR][QLORA__GEMV_M];
-            QLORA__NF4_UNROLL
-            for (int r = 0; r < RR; r++) {
-                v[r] = _mm512_loadu_si512(cr[r] + g / 2);
-                _mm_prefetch((const char *)(cr[r] + g / 2) + QLORA__GEMV_PF, _MM_HINT_T0);
-                QLORA__NF4_UNROLL
-                for (int m = 0; m < MM; m++) a0[r][m] = a1[r][m] = _mm512_setzero_ps();
-            }
             // Σ x·code per lane over the group (two chains), then one multiply by the lane scales.
+            const __m512i v = _mm512_loadu_si512(cr + g / 2);
+            _mm_prefetch((const char *)(cr + g / 2) + QLORA__GEMV_PF, _MM_HINT_T0);
+            __m512 a0[QLORA__GEMV_M], a1[QLORA__GEMV_M];
+            QLORA__NF4_UNROLL
+            for (int m = 0; m < MM; m++) a0[m] = a1[m] = _mm512_setzero_ps();
             QLORA__NF4_UNROLL
             for (int t = 0; t < 8; t += 2) {
-                __m512 p0[QLORA__GEMV_RR], p1[QLORA__GEMV_RR];
-                QLORA__NF4_UNROLL
-                for (int r = 0; r < RR; r++) {
-                    p0[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(v[r], 4 * t), cb);
-                    p1[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(v[r], 4 * t + 4), cb);
-                }
+                const __m512 p0 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * t), cb);
+                const __m512 p1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4 * t + 4), cb);
                 QLORA__NF4_UNROLL
                 for (int m = 0; m < MM; m++) {
                     const float *xm = xs + m * K + g + 16 * t;
-                    const __m512 x0 = _mm512_loadu_ps(xm), x1 = _mm512_loadu_ps(xm + 16);
-                    QLORA__NF4_UNROLL
-                    for (int r = 0; r < RR; r++) {
-                        a0[r][m] = _mm512_fmadd_ps(p0[r], x0, a0[r][m]);
-                        a1[r][m] = _mm512_fmadd_ps(p1[r], x1, a1[r][m]);
-                    }
+                    a0[m] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(xm), a0[m]);
+                    a1[m] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(xm + 16), a1[m]);
                 }
             }
+            const __m512 sv = qlora__nf4_group_scales(w, &tab, n * K + g, sh, dq64);
             QLORA__NF4_UNROLL
-            for (int r = 0; r < RR; r++) {
-                const __m512 sv = qlora__nf4_group_scales(w, &tab, (n + (r < rr ? r : 0)) * K + g, sh, dq64);
-                QLORA__NF4_UNROLL
-                for (int m = 0; m < MM; m++)
-                    tot[r][m] = _mm512_fmadd_ps(_mm512_add_ps(a0[r][m], a1[r][m]), sv, tot[r][m]);
-            }
+            for (int m = 0; m < MM; m++) tot[m] = _mm512_fmadd_ps(_mm512_add_ps(a0[m], a1[m]), sv, tot[m]);
         }
         QLORA__NF4_UNROLL
-        for (int r = 0; r < RR; r++)
-            QLORA__NF4_UNROLL
-            for (int m = 0; m < MM; m++)
-                if (r < rr) y[m * N + n + r] = _mm512_reduce_add_ps(tot[r][m]);
+        for (int m = 0; m < MM; m++) y[m * N + n] = _mm512_reduce_add_ps(tot[m]);
     }
 #elif defined(QLORA__AVX2)
     const int sh = qlora__log2i(w->blocksize);
@@ -3212,59 +3186,34 @@ QLORA__FORCEINLINE void qlora__gemv_bf16_fwd_rows(float *y, const uint16_t *xb, 
     qlora__scale_tab tab;
     tab.d = -1;
     const __m512i cb = _mm512_loadu_si512(cbw);
-    const int RR = MM == 1 ? QLORA__GEMV_RR : 1;   // rows of W per pass: with one row of x they share its loads
-    for (int64_t n = n0; n < n1; n += RR) {
-        const int64_t rr = qlora__min64(RR, n1 - n);
-        const uint8_t *cr[QLORA__GEMV_RR];
-        __m512 tot[QLORA__GEMV_RR][QLORA__GEMV_M];
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *cr = w->codes + n * (K / 2);
+        __m512 tot[QLORA__GEMV_M];
         QLORA__NF4_UNROLL
-        for (int r = 0; r < RR; r++) {
-            cr[r] = w->codes + (n + (r < rr ? r : 0)) * (K / 2);
-            QLORA__NF4_UNROLL
-            for (int m = 0; m < MM; m++) tot[r][m] = _mm512_setzero_ps();
-        }
+        for (int m = 0; m < MM; m++) tot[m] = _mm512_setzero_ps();
         for (int64_t g = 0; g < K; g += 128) {
-            __m512i v[QLORA__GEMV_RR];
-            __m512 a0[QLORA__GEMV_RR][QLORA__GEMV_M], a1[QLORA__GEMV_RR][QLORA__GEMV_M];
+            const __m512i v = _mm512_loadu_si512(cr + g / 2);
+            _mm_prefetch((const char *)(cr + g / 2) + QLORA__GEMV_PF, _MM_HINT_T0);
+            __m512 a0[QLORA__GEMV_M], a1[QLORA__GEMV_M];
             QLORA__NF4_UNROLL
-            for (int r = 0; r < RR; r++) {
-                v[r] = _mm512_loadu_si512(cr[r] + g / 2);
-                _mm_prefetch((const char *)(cr[r] + g / 2) + QLORA__GEMV_PF, _MM_HINT_T0);
-                QLORA__NF4_UNROLL
-                for (int m = 0; m < MM; m++) a0[r][m] = a1[r][m] = _mm512_setzero_ps();
-            }
+            for (int m = 0; m < MM; m++) a0[m] = a1[m] = _mm512_setzero_ps();
             QLORA__NF4_UNROLL
             for (int t = 0; t < 4; t += 2) {
-                __m512i p0[QLORA__GEMV_RR], p1[QLORA__GEMV_RR];
-                QLORA__NF4_UNROLL
-                for (int r = 0; r < RR; r++) {
-                    p0[r] = _mm512_permutexvar_epi16(t ? _mm512_srli_epi16(v[r], 4 * t) : v[r], cb);
-                    p1[r] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v[r], 4 * t + 4), cb);
-                }
+                const __m512i p0 = _mm512_permutexvar_epi16(t ? _mm512_srli_epi16(v, 4 * t) : v, cb);
+                const __m512i p1 = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4 * t + 4), cb);
                 QLORA__NF4_UNROLL
                 for (int m = 0; m < MM; m++) {
                     const uint16_t *xm = xb + m * K + g + 32 * t;
-                    const __m512i x0 = _mm512_loadu_si512(xm), x1 = _mm512_loadu_si512(xm + 32);
-                    QLORA__NF4_UNROLL
-                    for (int r = 0; r < RR; r++) {
-                        a0[r][m] = _mm512_dpbf16_ps(a0[r][m], (__m512bh)p0[r], (__m512bh)x0);
-                        a1[r][m] = _mm512_dpbf16_ps(a1[r][m], (__m512bh)p1[r], (__m512bh)x1);
-                    }
+                    a0[m] = _mm512_dpbf16_ps(a0[m], (__m512bh)p0, (__m512bh)_mm512_loadu_si512(xm));
+                    a1[m] = _mm512_dpbf16_ps(a1[m], (__m512bh)p1, (__m512bh)_mm512_loadu_si512(xm + 32));
                 }
             }
+            const __m512 sv = qlora__nf4_group_scales(w, &tab, n * K + g, sh, dq64);
             QLORA__NF4_UNROLL
-            for (int r = 0; r < RR; r++) {
-                const __m512 sv = qlora__nf4_group_scales(w, &tab, (n + (r < rr ? r : 0)) * K + g, sh, dq64);
-                QLORA__NF4_UNROLL
-                for (int m = 0; m < MM; m++)
-                    tot[r][m] = _mm512_fmadd_ps(_mm512_add_ps(a0[r][m], a1[r][m]), sv, tot[r][m]);
-            }
+            for (int m = 0; m < MM; m++) tot[m] = _mm512_fmadd_ps(_mm512_add_ps(a0[m], a1[m]), sv, tot[m]);
         }
         QLORA__NF4_UNROLL
-        for (int r = 0; r < RR; r++)
-            QLORA__NF4_UNROLL
-            for (int m = 0; m < MM; m++)
-                if (r < rr) y[m * N + n + r] = _mm512_reduce_add_ps(tot[r][m]);
+        for (int m = 0; m < MM; m++) y[m * N + n] = _mm512_reduce_add_ps(tot[m]);
     }
 }
 #endif
