@@ -880,6 +880,11 @@ QLORADEF const char *qlora_target_name(qlora_target t);
 // The fields of an HF LlamaConfig that the model uses. Missing fields take LlamaConfig's defaults
 // (num_key_value_heads = num_attention_heads, head_dim = hidden_size / num_attention_heads,
 // rms_norm_eps 1e-6, rope_theta 10000, max_position_embeddings 2048, tie_word_embeddings false).
+// The RoPE tables hold every position, so max_position_embeddings above QLORA_MAX_POSITIONS (1 Mi positions:
+// 512 MB of tables at head_dim 128) is refused instead of allocated.
+#ifndef QLORA_MAX_POSITIONS
+#define QLORA_MAX_POSITIONS (1 << 20)
+#endif
 typedef struct qlora_llama_config {
     int32_t hidden_size;              // C
     int32_t intermediate_size;        // H
@@ -888,7 +893,7 @@ typedef struct qlora_llama_config {
     int32_t n_kv_heads;               // NKV (num_key_value_heads)
     int32_t head_dim;                 // HD, even
     int32_t vocab_size;               // V
-    int32_t max_position_embeddings;  // RoPE table length: positions must stay below it
+    int32_t max_position_embeddings;  // RoPE table length: positions must stay below it (<= QLORA_MAX_POSITIONS)
     float   rms_norm_eps;
     float   rope_theta;
     float   rope_scaling_factor;      // rope_scaling {"type"/"rope_type": "linear", "factor": f}; 1 = none
@@ -9197,6 +9202,9 @@ QLORADEF qlora_status qlora_llama_config_validate(const qlora_llama_config *cfg,
                            (int)cfg->n_heads, (int)cfg->n_kv_heads);
     if (cfg->head_dim % 2 != 0)
         return qlora__fail(err, QLORA_ERR_FORMAT, "head_dim %d must be even for RoPE", (int)cfg->head_dim);
+    if (cfg->max_position_embeddings > QLORA_MAX_POSITIONS)   // the RoPE tables hold every position
+        return qlora__fail(err, QLORA_ERR_UNSUPPORTED, "max_position_embeddings %d is above the %d positions supported",
+                           (int)cfg->max_position_embeddings, (int)QLORA_MAX_POSITIONS);
     if (!(cfg->rms_norm_eps > 0.0f) || !isfinite(cfg->rms_norm_eps))
         return qlora__fail(err, QLORA_ERR_FORMAT, "rms_norm_eps %g must be finite and positive",
                            (double)cfg->rms_norm_eps);
@@ -9424,6 +9432,27 @@ static qlora_status qlora__ll_find_float(const qlora_st_tensor **out, const qlor
     return QLORA_OK;
 }
 
+// The config against the checkpoint, before anything is sized by the config: the tensors of the fp32 arena
+// (embedding, lm_head, final norm, every layer's two norms) must be there with the config's shapes, so that a
+// config.json claiming more than the files hold fails naming the tensor instead of allocating what it claims.
+// (Each projection is checked the same way before its NF4 storage is allocated.)
+static qlora_status qlora__ll_check_arena_tensors(const qlora_llama_config *c, const qlora_st_model *stm,
+                                                  qlora_error *err) {
+    const qlora_st_tensor *t;
+    const int64_t V = c->vocab_size, C = c->hidden_size;
+    qlora_status st = qlora__ll_find_float(&t, stm, "model.embed_tokens.weight", V, C, 2, err);
+    if (st == QLORA_OK && !c->tie_word_embeddings) st = qlora__ll_find_float(&t, stm, "lm_head.weight", V, C, 2, err);
+    if (st == QLORA_OK) st = qlora__ll_find_float(&t, stm, "model.norm.weight", C, 0, 1, err);
+    for (int l = 0; st == QLORA_OK && l < c->n_layers; l++) {
+        char name[160];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        st = qlora__ll_find_float(&t, stm, name, C, 0, 1, err);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (st == QLORA_OK) st = qlora__ll_find_float(&t, stm, name, C, 0, 1, err);
+    }
+    return st;
+}
+
 static qlora_status qlora__ll_load_f32(float *dst, const qlora_st_model *stm, const char *name, int64_t d0,
                                        int64_t d1, int ndim, qlora_error *err) {
     const qlora_st_tensor *t;
@@ -9595,8 +9624,9 @@ QLORADEF qlora_status qlora_model_load(qlora_model *m, const char *dir, const ql
     if (!cpath) return qlora__fail(err, QLORA_ERR_NOMEM, "model load: path");
     qlora_status st = qlora_llama_config_read(&m->cfg, cpath, err);
     QLORA_FREE(cpath);
-    if (st == QLORA_OK) st = qlora__ll_model_alloc(m, &o, err);
     if (st == QLORA_OK) st = qlora_st_model_open(&stm, dir, err);
+    if (st == QLORA_OK) st = qlora__ll_check_arena_tensors(&m->cfg, &stm, err);
+    if (st == QLORA_OK) st = qlora__ll_model_alloc(m, &o, err);
     const qlora_llama_config *c = &m->cfg;
     int64_t V = c->vocab_size, C = c->hidden_size;
     if (st == QLORA_OK) st = qlora__ll_load_f32(m->embed, &stm, "model.embed_tokens.weight", V, C, 2, err);

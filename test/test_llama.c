@@ -979,6 +979,11 @@ int main(void) {
     check_bad("gelu", QLORA_ERR_UNSUPPORTED, "gelu", NULL, NULL);
     check_bad("shard_missing", QLORA_ERR_IO, "model-00002-of-00002.safetensors", NULL, NULL);
     check_bad("does_not_exist", QLORA_ERR_IO, "config.json", NULL, NULL);
+    // a config.json that claims more than the files hold fails on the tensors, before any allocation it sizes
+    // (the vocabulary would be 77 GB of fp32 embedding: an allocation first would fail with NOMEM instead)
+    check_bad("claims_vocab", QLORA_ERR_SHAPE, "model.embed_tokens.weight", "[400000000, 48]", NULL);
+    check_bad("claims_layers", QLORA_ERR_FORMAT, "model.layers.1.input_layernorm.weight", "missing", NULL);
+    check_bad("claims_positions", QLORA_ERR_UNSUPPORTED, "max_position_embeddings 2097152", NULL, NULL);
 
     if (!tu_have_python("torch numpy")) {
         tu_skip("llama/torch_reference", "/usr/bin/python3 with torch is not available");

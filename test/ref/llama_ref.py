@@ -254,6 +254,15 @@ def make_bad(out, rng):
         json.dump(cfg, f)
     d = fresh("shard_missing", cc=dict(c, shards=2))
     os.remove(os.path.join(d, "model-00002-of-00002.safetensors"))
+    # a config that claims far more than the files hold: 77 GB of embedding, 1000 layers (must fail on the
+    # tensors before anything is sized by the config)
+    for name, key, value in (("claims_vocab", "vocab_size", 400000000), ("claims_layers", "num_hidden_layers", 1000),
+                             ("claims_positions", "max_position_embeddings", 1 << 21)):
+        d = fresh(name)
+        cfg = config_json(c)
+        cfg[key] = value
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
 
 
 def cmd_make(out):
