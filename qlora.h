@@ -970,9 +970,12 @@ QLORADEF void         qlora_model_free(qlora_model *m);
 // Adapters are not part of it. Both files are written atomically. dir must exist.
 QLORADEF qlora_status qlora_model_save_bnb4(const qlora_model *m, const char *dir, qlora_error *err);
 // Replaces the model's adapters by a PEFT LoRA adapter directory (adapter_config.json +
-// adapter_model.safetensors; target_modules as a list of module names, e.g. "q_proj", or
-// "all-linear"). DoRA, bias other than "none", rank_pattern / alpha_pattern and
-// layers_to_transform are unsupported. Train states and KV caches made before must be made again.
+// adapter_model.safetensors), read by qlora_adapter_load with the model's projections as its modules
+// ("model.layers.L.self_attn.q_proj", ...): whatever that accepts (rank_pattern / alpha_pattern,
+// layers_to_transform, regex target_modules, F16/BF16 tensors, rsLoRA) loads here too. lora_targets
+// becomes the targets that received weights and lora_cfg the file's r / alpha / dropout / rsLoRA, with
+// rank the largest of the modules'. Nothing changes on failure. Train states and KV caches made before
+// must be made again.
 QLORADEF qlora_status qlora_model_load_adapter(qlora_model *m, const char *dir, qlora_error *err);
 
 // dA = dB = 0 for every adapter.
@@ -1455,6 +1458,8 @@ typedef struct qlora_adapter_config {
 
 // Writes dir/adapter_model.safetensors, then dir/adapter_config.json (both atomic; dir is created
 // if missing). base_model may be NULL (written as null). All modules must share dropout and rsLoRA.
+// target_modules lists the modules' last name components ("q_proj", ...) when every layer has all of
+// them, else the modules' full names (PEFT matches a suffix in every layer).
 QLORADEF qlora_status qlora_adapter_save(const char *dir, const qlora_adapter_module *mods, int64_t n,
                                          const char *base_model, qlora_error *err);
 // Reads an adapter written by PEFT or qlora_adapter_save. Accepts missing optional config keys
@@ -11215,122 +11220,50 @@ QLORADEF qlora_status qlora_model_load_adapter(qlora_model *m, const char *dir, 
         return qlora__fail(err, QLORA_ERR_ARG, "load adapter: NULL model or directory");
     if (m->dense)
         return qlora__fail(err, QLORA_ERR_UNSUPPORTED, "load adapter: %s: LoRA adapters on a dense model", dir);
+    // Every projection of the model as a PEFT module; qlora_adapter_load fills the ones the adapter has and
+    // changes nothing on failure, so the model's adapters are replaced only when everything loaded.
     const qlora_llama_config *c = &m->cfg;
-    char *cpath = qlora__ll_join(dir, "adapter_config.json"),
-         *wpath = qlora__ll_join(dir, "adapter_model.safetensors");
-    qlora_json_doc doc;
-    qlora_safetensors sf;
-    memset(&doc, 0, sizeof doc);
-    memset(&sf, 0, sizeof sf);
-    qlora_llama_layer *nl = NULL;   // new adapters, installed only when everything loaded
-    qlora_lora_config lc;
-    memset(&lc, 0, sizeof lc);
-    uint32_t targets = 0;
-    qlora_status st = (cpath && wpath) ? qlora_json_read_file(&doc, cpath, err)
-                                       : qlora__fail(err, QLORA_ERR_NOMEM, "load adapter: path");
-    const qlora_json *root = &doc.root;
-    if (st == QLORA_OK) {
-        const char *pt = qlora_json_get_string(root, "peft_type", "LORA");
-        const char *bias = qlora_json_get_string(root, "bias", "none");
-        const qlora_json *tm = qlora_json_get(root, "target_modules"), *v;
-        double r = qlora_json_get_number(root, "r", 8.0);
-        lc.rank = (int32_t)r;
-        lc.alpha = (float)qlora_json_get_number(root, "lora_alpha", 8.0);
-        lc.dropout = (float)qlora_json_get_number(root, "lora_dropout", 0.0);
-        lc.use_rslora = qlora_json_get_bool(root, "use_rslora", 0);
-        if (strcmp(pt, "LORA") != 0)
-            st = qlora__fail(err, QLORA_ERR_UNSUPPORTED, "%s: peft_type \"%s\" (only LORA)", cpath, pt);
-        else if (qlora_json_get_bool(root, "use_dora", 0))
-            st = qlora__fail(err, QLORA_ERR_UNSUPPORTED, "%s: DoRA adapters are not supported", cpath);
-        else if (strcmp(bias, "none") != 0)
-            st = qlora__fail(err, QLORA_ERR_UNSUPPORTED, "%s: bias \"%s\" (only \"none\")", cpath, bias);
-        else if (qlora_json_get_bool(root, "fan_in_fan_out", 0))
-            st =
-                qlora__fail(err, QLORA_ERR_UNSUPPORTED, "%s: fan_in_fan_out adapters are not supported", cpath);
-        else if (r != (double)lc.rank || lc.rank <= 0)
-            st = qlora__fail(err, QLORA_ERR_FORMAT, "%s: r = %g must be a positive integer", cpath, r);
-        for (int i = 0; st == QLORA_OK && i < 3; i++) {
-            static const char *const keys[3] = { "rank_pattern", "alpha_pattern", "layers_to_transform" };
-            v = qlora_json_get(root, keys[i]);
-            if (v && v->type != QLORA_JSON_NULL && !(v->type == QLORA_JSON_OBJECT && v->count == 0))
-                st = qlora__fail(err, QLORA_ERR_UNSUPPORTED, "%s: \"%s\" is not supported", cpath, keys[i]);
-        }
-        if (st == QLORA_OK && tm && tm->type == QLORA_JSON_STRING && strcmp(tm->str, "all-linear") == 0)
-            targets = QLORA_TARGETS_ALL;
-        else if (st == QLORA_OK && tm && tm->type == QLORA_JSON_ARRAY) {
-            for (int64_t i = 0; i < tm->count && st == QLORA_OK; i++) {
-                const qlora_json *x = qlora_json_at(tm, i);
-                int found = -1;
-                for (int t = 0; x && x->type == QLORA_JSON_STRING && t < QLORA_TARGET_COUNT; t++)
-                    if (strcmp(x->str, qlora_target_name((qlora_target)t)) == 0 ||
-                        strcmp(x->str, qlora_target_path((qlora_target)t)) == 0)
-                        found = t;
-                if (found < 0)
-                    st = qlora__fail(err, QLORA_ERR_UNSUPPORTED, "%s: target_modules entry %lld is not a Llama "
-                                     "projection name (q_proj, ..., down_proj)", cpath, (long long)i);
-                else targets |= 1u << found;
-            }
-        } else if (st == QLORA_OK) {
-            st = qlora__fail(err, QLORA_ERR_UNSUPPORTED,
-                             "%s: target_modules must be a list of projection names", cpath);
-        }
-        if (st == QLORA_OK && targets == 0)
-            st = qlora__fail(err, QLORA_ERR_FORMAT, "%s: no target_modules", cpath);
+    const int64_t n = (int64_t)c->n_layers * QLORA_TARGET_COUNT, name_cap = 64;
+    qlora_lora *fresh = (qlora_lora *)qlora__calloc(n * (int64_t)sizeof(qlora_lora));
+    qlora_adapter_module *mods = (qlora_adapter_module *)qlora__calloc(n * (int64_t)sizeof(qlora_adapter_module));
+    char *names = (char *)qlora__alloc(n * name_cap);
+    qlora_status st = fresh && mods && names ? QLORA_OK : qlora__fail(err, QLORA_ERR_NOMEM, "load adapter: %s", dir);
+    for (int64_t i = 0; st == QLORA_OK && i < n; i++) {
+        const int l = (int)(i / QLORA_TARGET_COUNT), t = (int)(i % QLORA_TARGET_COUNT);
+        snprintf(names + i * name_cap, (size_t)name_cap, "model.layers.%d.%s", l, qlora_target_path((qlora_target)t));
+        mods[i].name = names + i * name_cap;
+        mods[i].lora = &fresh[i];
+        qlora__ll_shape(c, t, &mods[i].out, &mods[i].in);
     }
-    if (st == QLORA_OK) st = qlora_safetensors_open(&sf, wpath, err);
-    if (st == QLORA_OK) {
-        nl = (qlora_llama_layer *)qlora__calloc((int64_t)c->n_layers * (int64_t)sizeof(qlora_llama_layer));
-        if (!nl) st = qlora__fail(err, QLORA_ERR_NOMEM, "load adapter: %s", dir);
-    }
-    for (int l = 0; st == QLORA_OK && l < c->n_layers; l++)
-        for (int t = 0; st == QLORA_OK && t < QLORA_TARGET_COUNT; t++) {
-            if (!((targets >> t) & 1u)) continue;
-            int64_t out, in;
-            qlora__ll_shape(c, t, &out, &in);
-            qlora_lora *a = &nl[l].lora[t];
-            st = qlora_lora_init(a, in, out, &lc, 0x1D0A5EEDu + (uint64_t)(l * QLORA_TARGET_COUNT + t), err);
-            for (int ab = 0; ab < 2 && st == QLORA_OK; ab++) {
-                char name[256];
-                snprintf(name, sizeof name, "base_model.model.model.layers.%d.%s.lora_%c.weight", l,
-                         qlora_target_path((qlora_target)t), ab ? 'B' : 'A');
-                const qlora_st_tensor *x = qlora_safetensors_find(&sf, name);
-                int64_t d0 = ab ? out : lc.rank, d1 = ab ? lc.rank : in;
-                if (!x) st = qlora__fail(err, QLORA_ERR_FORMAT, "%s: tensor %s is missing", wpath, name);
-                else if (x->ndim != 2 || x->shape[0] != d0 || x->shape[1] != d1) {
-                    char sa[96], sb[96];
-                    int64_t want[2];
-                    want[0] = d0;
-                    want[1] = d1;
-                    qlora__ll_shape_str(sa, sizeof sa, x->shape, x->ndim);
-                    qlora__ll_shape_str(sb, sizeof sb, want, 2);
-                    st = qlora__fail(err, QLORA_ERR_SHAPE,
-                                     "%s: tensor %s has shape %s but the model and r imply %s", wpath, name, sa,
-                                     sb);
-                } else {
-                    st = qlora_tensor_to_f32(ab ? a->B : a->A, x, err);
-                    if (st != QLORA_OK) st = qlora__ll_wrap(err, st, "%s", wpath);
-                }
-            }
-        }
+    qlora_adapter_config ac;
+    memset(&ac, 0, sizeof ac);
+    if (st == QLORA_OK) st = qlora_adapter_load(dir, mods, n, &ac, err);
+    if (st == QLORA_OK && ac.n_loaded == 0)
+        st = qlora__fail(err, QLORA_ERR_FORMAT, "load adapter: %s adapts none of the model's projections", dir);
     if (st == QLORA_OK) {   // install: the old adapters go, the new ones take their place
-        for (int l = 0; l < c->n_layers; l++)
-            for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
-                qlora_lora_free(&m->layers[l].lora[t]);
-                m->layers[l].lora[t] = nl[l].lora[t];
-                memset(&nl[l].lora[t], 0, sizeof(qlora_lora));
+        uint32_t targets = 0;
+        int32_t rank = 0;
+        for (int64_t i = 0; i < n; i++) {
+            qlora_lora *slot = &m->layers[i / QLORA_TARGET_COUNT].lora[i % QLORA_TARGET_COUNT];
+            qlora_lora_free(slot);
+            *slot = fresh[i];
+            memset(&fresh[i], 0, sizeof(qlora_lora));
+            if (slot->A) {
+                targets |= 1u << (i % QLORA_TARGET_COUNT);
+                if (slot->rank > rank) rank = slot->rank;
             }
+        }
         m->lora_targets = targets;
-        m->lora_cfg = lc;
+        memset(&m->lora_cfg, 0, sizeof m->lora_cfg);
+        m->lora_cfg.rank = rank;   // the largest: train states are sized for it
+        m->lora_cfg.alpha = ac.lora_alpha;
+        m->lora_cfg.dropout = ac.lora_dropout;
+        m->lora_cfg.use_rslora = ac.use_rslora;
     }
-    if (nl) {
-        for (int l = 0; l < c->n_layers; l++)
-            for (int t = 0; t < QLORA_TARGET_COUNT; t++) qlora_lora_free(&nl[l].lora[t]);
-        QLORA_FREE(nl);
-    }
-    qlora_safetensors_close(&sf);
-    qlora_json_free(&doc);
-    QLORA_FREE(cpath);
-    QLORA_FREE(wpath);
+    for (int64_t i = 0; fresh && i < n; i++) qlora_lora_free(&fresh[i]);
+    QLORA_FREE(fresh);
+    QLORA_FREE(mods);
+    QLORA_FREE(names);
     return st;
 }
 
@@ -12332,6 +12265,28 @@ static float qlora__mode_f32(const float *v, int64_t n) {
     return best;
 }
 
+// Whether target_modules as the modules' last name components (targets, sorted) selects exactly the modules:
+// every layer that has one of the suffixes has all of them, once (PEFT selects "model.layers.3.self_attn.q_proj"
+// by "q_proj" in every layer, so an adapter that leaves a module out must name its modules in full).
+static int qlora__adapter_suffixes_exact(const qlora_adapter_module *mods, int64_t n, const char *const *targets) {
+    int64_t n_suffix = 0, n_layer = 0;
+    for (int64_t k = 0; k < n; k++) n_suffix += k == 0 || strcmp(targets[k], targets[k - 1]) != 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t li = qlora__module_layer(mods[i].name);
+        int64_t first = 1;   // i is the first module of its layer
+        const char *di = strrchr(mods[i].name, '.');
+        for (int64_t j = 0; j < i && first; j++) first = qlora__module_layer(mods[j].name) != li;
+        n_layer += first;
+        for (int64_t j = 0; j < i; j++) {   // one module per (layer, suffix)
+            const char *dj = strrchr(mods[j].name, '.');
+            if (qlora__module_layer(mods[j].name) == li &&
+                strcmp(dj ? dj + 1 : mods[j].name, di ? di + 1 : mods[i].name) == 0)
+                return 0;
+        }
+    }
+    return n == n_layer * n_suffix;
+}
+
 // The body of qlora_adapter_save once its buffers exist (the caller frees them).
 static qlora_status qlora__adapter_save_impl(const char *dir, const qlora_adapter_module *mods, int64_t n,
                                              const char *base_model, qlora_st_entry *ent, char *names, float *ranks,
@@ -12422,8 +12377,12 @@ static qlora_status qlora__adapter_save_impl(const char *dir, const qlora_adapte
         qlora_jw_null(w);
         qlora_jw_key(w, "target_modules");
         qlora_jw_array_begin(w);
-        for (int64_t k = 0; k < n; k++)
-            if (k == 0 || strcmp(targets[k], targets[k - 1]) != 0) qlora_jw_string(w, targets[k]);
+        if (qlora__adapter_suffixes_exact(mods, n, targets)) {   // ["q_proj", "v_proj", ...], as PEFT users write
+            for (int64_t k = 0; k < n; k++)
+                if (k == 0 || strcmp(targets[k], targets[k - 1]) != 0) qlora_jw_string(w, targets[k]);
+        } else {   // the suffixes would also select modules left out: every module by its name
+            for (int64_t k = 0; k < n; k++) qlora_jw_string(w, order[k].name);
+        }
         qlora_jw_array_end(w);
         qlora_jw_key(w, "task_type");
         qlora_jw_string(w, "CAUSAL_LM");
@@ -12634,8 +12593,8 @@ static qlora_status qlora__adapter_load_impl(const char *dir, qlora_adapter_modu
         int64_t ar = s->a->ndim == 2 ? s->a->shape[0] : -1, ai = s->a->ndim == 2 ? s->a->shape[1] : -1;
         int64_t bo = s->b->ndim == 2 ? s->b->shape[0] : -1, br = s->b->ndim == 2 ? s->b->shape[1] : -1;
         if (ar <= 0 || ai != mods[i].in || bo != mods[i].out || br != ar) {
-            st = qlora__fail(err, QLORA_ERR_SHAPE, "%s: module %s: lora_A is [%lld, %lld] and lora_B [%lld, %lld], the "
-                             "model expects [r, %lld] and [%lld, r]", spath, name, (long long)ar, (long long)ai,
+            st = qlora__fail(err, QLORA_ERR_SHAPE, "%s: module %s: lora_A has shape [%lld, %lld] and lora_B [%lld, %lld], "
+                             "the model expects [r, %lld] and [%lld, r]", spath, name, (long long)ar, (long long)ai,
                              (long long)bo, (long long)br, (long long)mods[i].in, (long long)mods[i].out);
             return st;
         }

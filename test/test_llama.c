@@ -549,6 +549,55 @@ static void run_case(const tcase *tc, result *r) {
             tu_check(st == QLORA_OK && b.lora_targets == m->lora_targets &&
                      bits_equal(tb.logits, r->logits, sizeof(float) * (size_t)(M * V)), nm, "%s", err.detail);
             qlora_train_state_free(&tb);
+            // An adapter as PEFT writes it for mixed ranks and untouched modules (rank_pattern, a module
+            // left out): layer 0 v_proj at rank 2, the last layer's o_proj without an adapter. Saved with
+            // qlora_adapter_save and loaded by qlora_model_load_adapter into a fresh copy of the base, it gives
+            // the logits of the model it was saved from.
+            snprintf(nm, sizeof nm, "%s/peft_rank_pattern_through_model_load", cs);
+            if (st == QLORA_OK) {
+                const int L = c->n_layers;
+                qlora_lora *lv = &b.layers[0].lora[QLORA_TARGET_V];
+                qlora_lora_config lc = b.lora_cfg;
+                lc.rank = 2;
+                const int64_t vin = lv->in, vout = lv->out;
+                qlora_lora_free(lv);
+                st = qlora_lora_init(lv, vin, vout, &lc, 77, &err);
+                for (int64_t i = 0; st == QLORA_OK && i < vout * 2; i++) lv->B[i] = 0.01f * (float)((i * 7) % 11 - 5);
+                qlora_lora_free(&b.layers[L - 1].lora[QLORA_TARGET_O]);
+                qlora_adapter_module mods[8 * QLORA_TARGET_COUNT];
+                char mnames[8 * QLORA_TARGET_COUNT][64];
+                int64_t nm_ = 0;
+                for (int l = 0; l < L && l < 8; l++)
+                    for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
+                        if (!b.layers[l].lora[t].A) continue;
+                        snprintf(mnames[nm_], 64, "model.layers.%d.%s", l, qlora_target_path((qlora_target)t));
+                        mods[nm_].name = mnames[nm_];
+                        mods[nm_].lora = &b.layers[l].lora[t];
+                        mods[nm_].in = mods[nm_].out = 0;
+                        nm_++;
+                    }
+                char pdir[600];
+                snprintf(pdir, sizeof pdir, "%s", cpath(cs, "adapter_mixed"));
+                qlora_model b2;
+                memset(&b2, 0, sizeof b2);
+                qlora_train_state t1, t2;
+                memset(&t1, 0, sizeof t1);
+                memset(&t2, 0, sizeof t2);
+                if (st == QLORA_OK) st = qlora_adapter_save(pdir, mods, nm_, NULL, &err);
+                if (st == QLORA_OK) st = qlora_model_load(&b2, cpath(cs, "bnb"), &ob, &err);
+                if (st == QLORA_OK) st = qlora_model_load_adapter(&b2, pdir, &err);
+                if (st == QLORA_OK) st = qlora_train_state_init(&t1, &b, mt->B, mt->T, 0, &err);
+                if (st == QLORA_OK) st = qlora_train_state_init(&t2, &b2, mt->B, mt->T, 0, &err);
+                if (st == QLORA_OK) st = qlora_model_forward_eval(&b, &t1, mt->tokens, mt->mask, NULL, NULL, &err);
+                if (st == QLORA_OK) st = qlora_model_forward_eval(&b2, &t2, mt->tokens, mt->mask, NULL, NULL, &err);
+                tu_check(st == QLORA_OK && b2.layers[0].lora[QLORA_TARGET_V].rank == 2 &&
+                             !b2.layers[L - 1].lora[QLORA_TARGET_O].A && b2.lora_cfg.rank == m->lora_cfg.rank &&
+                             bits_equal(t1.logits, t2.logits, sizeof(float) * (size_t)(M * V)),
+                         nm, "%s", err.detail);
+                qlora_train_state_free(&t1);
+                qlora_train_state_free(&t2);
+                qlora_model_free(&b2);
+            }
             qlora_model_free(&b);
         }
     }
