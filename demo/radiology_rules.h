@@ -1111,8 +1111,16 @@ static int rad__negated_local(const rad__doc *d, int k) {
     return rad__pre_negated_scope(d, k, 0) || rad__post_negated(d, k, 0);
 }
 
+// Sets of cue kinds are 64-bit masks, RAD__BIT(kind) per member; there are more than 64 kinds (RAD__K_COUNT), so
+// only kinds below 64 can be members (checked below for the ones used) and rad__kind_in answers 0 for the rest
+// (a shift by 64 or more is undefined behaviour; fuzz_radiology_rules found one).
+#define RAD__BIT(k) (1ull << (k))
+static int rad__kind_in(unsigned long long set, int kind) { return kind < 64 && (set >> kind & 1ull); }
+typedef char rad__mask_kinds_below_64[(RAD__K_IOD < 64 && RAD__K_GAD < 64 && RAD__K_CONTRAST < 64 &&
+                                       RAD__K_MRCOND < 64 && RAD__K_MRUNSAFE < 64 && RAD__K_DEVICE < 64) ? 1 : -1];
+
 // Post-negation: a K_NEG with POST after hit k, within 40 bytes, same clause, no comma, passing over hits whose
-// kind is in the transparent mask (bit per kind, up to 64 kinds).
+// kind is in the set `transparent`.
 static int rad__post_negated(const rad__doc *d, int k, unsigned long long transparent) {
     const rad__hit *h = &d->hits[k];
     for (int j = k + 1; j < d->nhits; j++) {
@@ -1121,13 +1129,11 @@ static int rad__post_negated(const rad__doc *d, int k, unsigned long long transp
         if (rad__boundary_between(d, h->end, g->start)) return 0;
         if (rad__char_between(d, h->end, g->start, ',')) return 0;
         if (g->kind == RAD__K_NEG && (g->val & RAD__NEG_POST)) return 1;
-        if (g->kind < 64 && (transparent >> g->kind & 1ull)) continue;
+        if (rad__kind_in(transparent, g->kind)) continue;
         return 0;
     }
     return 0;
 }
-
-#define RAD__BIT(k) (1ull << (k))
 
 static int rad__negated(const rad__doc *d, int k) { return rad__pre_negated(d, k) || rad__post_negated(d, k, 0); }
 
@@ -1878,7 +1884,7 @@ static void rad__extract_doc(const rad__doc *d, rad_facts *f) {
                 if (g->start - h->end > 40 || rad__boundary_between(d, h->end, g->start) ||
                     rad__char_between(d, h->end, g->start, ',')) break;
                 if (g->kind == RAD__K_REMOVED || (g->kind == RAD__K_NEG && (g->val & RAD__NEG_POST))) removed = 1;
-                else if (!(tr >> g->kind & 1ull)) break;
+                else if (!rad__kind_in(tr, g->kind)) break;
             }
             for (int j = k - 1; j >= 0 && j >= k - 2 && !removed; j--) {
                 const rad__hit *g = &d->hits[j];
