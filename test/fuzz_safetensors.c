@@ -1,11 +1,11 @@
-// fuzz_safetensors.c - libFuzzer harness for the safetensors reader and the JSON parser.
+// fuzz_safetensors.c - libFuzzer harness for the safetensors reader, the JSON parser and config.json.
 //
 //   clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. test/fuzz_safetensors.c -o build/fuzz_safetensors -lm
 //   mkdir -p build/fuzz_corpus && ./build/fuzz_safetensors -max_total_time=60 -max_len=4096 build/fuzz_corpus
 //
 // Each input is validated as a safetensors image (borrowed, not copied, so ASan sees any read past
-// its end) and parsed as JSON text. On success every tensor byte is touched and the lookups are
-// exercised; invariants that the reader promises are checked with __builtin_trap().
+// its end), parsed as JSON text and as a model's config.json. On success every tensor byte is touched
+// and the lookups are exercised; invariants that the reader promises are checked with __builtin_trap().
 #define QLORA_IMPLEMENTATION
 #include "qlora.h"
 
@@ -62,6 +62,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         qlora_json_free(&back);
         qlora_jw_free(&w);
         qlora_json_free(&doc);
+    }
+
+    // The same bytes as a model's config.json: what parses must also validate (the parser validates), within
+    // the limits the loader sizes tables by.
+    qlora_llama_config cfg;
+    if (qlora_llama_config_parse(&cfg, (const char *)data, size, "fuzz.json", &err) == QLORA_OK) {
+        if (qlora_llama_config_validate(&cfg, &err) != QLORA_OK) __builtin_trap();
+        if (cfg.hidden_size <= 0 || cfg.head_dim <= 0 || cfg.head_dim % 2 || cfg.n_heads % cfg.n_kv_heads ||
+            cfg.max_position_embeddings > QLORA_MAX_POSITIONS)
+            __builtin_trap();
     }
     return 0;
 }
