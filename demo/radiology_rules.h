@@ -1467,7 +1467,8 @@ static float rad__max_duration_weeks(const rad__doc *d, int a, int b) {
         if (!rad__digit((unsigned char)s[i])) continue;
         if (i > 0 && rad__alnum((unsigned char)s[i - 1]) && rad__lc((unsigned char)s[i - 1]) != 'x') continue;
         int j = i, v = 0;
-        while (j < b && rad__digit((unsigned char)s[j])) v = v * 10 + (s[j++] - '0');
+        for (; j < b && rad__digit((unsigned char)s[j]); j++)   // the whole run; the value saturates (no overflow)
+            if (v < 1000000) v = v * 10 + (s[j] - '0');
         size_t e = (size_t)j;
         while (e < d->n && (s[e] == ' ' || s[e] == '-')) e++;
         float w = -1.0f;
