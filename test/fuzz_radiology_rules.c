@@ -2,9 +2,8 @@
 // after the model: fact extraction (demo/radiology_rules.h), the cue mask, the prompt's "Facts:" line, the safety
 // check on every label, and the final decision with its guards (demo/rad_core.h, rad__decide).
 //
-//   clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. test/fuzz_radiology_rules.c \
-//       -o build/fuzz_radiology_rules -lm
-//   ./build/fuzz_radiology_rules -max_total_time=60 -max_len=4096 build/fuzz_rad_corpus test/fuzz_radiology_rules_corpus
+//   clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. test/fuzz_radiology_rules.c -o build/fuzz_rules -lm
+//   ./build/fuzz_rules -max_total_time=60 -max_len=4096 build/fuzz_rad_corpus test/fuzz_radiology_rules_corpus
 //
 // The input is the note (not NUL-terminated, so ASan sees any read past its end); its bytes also give the
 // model's label scores. What must hold for every note, or the run stops with __builtin_trap():
