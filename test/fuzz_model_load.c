@@ -20,6 +20,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char fuzz_dir[256];
 
+// Removes the scratch directory when libFuzzer exits.
+static void fuzz_cleanup(void) {
+    char path[320];
+    snprintf(path, sizeof path, "%s/config.json", fuzz_dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", fuzz_dir);
+    unlink(path);
+    rmdir(fuzz_dir);
+}
+
 static int fuzz_write(const char *name, const uint8_t *p, size_t n) {
     char path[320];
     snprintf(path, sizeof path, "%s/%s", fuzz_dir, name);
@@ -33,6 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!fuzz_dir[0]) {
         snprintf(fuzz_dir, sizeof fuzz_dir, "/tmp/fuzz_model_load_%ld", (long)getpid());
         if (mkdir(fuzz_dir, 0700) != 0 && errno != EEXIST) __builtin_trap();
+        atexit(fuzz_cleanup);
     }
     const uint8_t *nul = (const uint8_t *)memchr(data, 0, size);
     const size_t nc = nul ? (size_t)(nul - data) : size;
