@@ -2994,6 +2994,14 @@ static QLORA__NOINLINE void qlora__scale_tab_fill(const qlora_nf4 *w, qlora__sca
 #endif
     t->d = d;
 }
+
+// The 8-bit scale codes of the group starting at flat element e of a DQ blocksize-64 weight, with t made the
+// table of the group's DQ block: the scale of the group's k-th block is t->v[codes[k]].
+QLORA__FORCEINLINE const uint8_t *qlora__dq64_codes(const qlora_nf4 *w, qlora__scale_tab *t, int64_t e) {
+    const uint64_t b = (uint64_t)e >> 6;
+    if ((int64_t)(b / QLORA_DQ_BLOCK) != t->d) qlora__scale_tab_fill(w, t, (int64_t)(b / QLORA_DQ_BLOCK));
+    return w->qabsmax + b;
+}
 #endif
 
 // 1 when W is double-quantized with blocksize 64, QLoRA's format. The GEMV kernels take it as a
@@ -3007,10 +3015,8 @@ static int qlora__gemv_dq64(const qlora_nf4 *w) { return w->double_quant && w->b
 // t: the kernel's table, used when dq64 (see qlora__gemv_dq64).
 QLORA__FORCEINLINE __m512 qlora__nf4_group_scales(const qlora_nf4 *w, qlora__scale_tab *t, int64_t e, int sh,
                                                   const int dq64) {
-    if (dq64) {
-        const uint64_t bb = (uint64_t)e >> 6;
-        if ((int64_t)(bb / QLORA_DQ_BLOCK) != t->d) qlora__scale_tab_fill(w, t, (int64_t)(bb / QLORA_DQ_BLOCK));
-        const uint8_t *q = w->qabsmax + bb;
+    if (dq64) {   // the group holds two blocks
+        const uint8_t *q = qlora__dq64_codes(w, t, e);
         return _mm512_insertf32x8(_mm512_set1_ps(t->v[q[0]]), _mm256_set1_ps(t->v[q[1]]), 1);
     }
     const int64_t b = e >> sh;
@@ -3027,11 +3033,7 @@ QLORA__FORCEINLINE __m512 qlora__nf4_group_scales(const qlora_nf4 *w, qlora__sca
 // t: the kernel's table, used when dq64 (see qlora__gemv_dq64).
 QLORA__FORCEINLINE __m256 qlora__nf4_group_scales(const qlora_nf4 *w, qlora__scale_tab *t, int64_t e, int sh,
                                                   const int dq64) {
-    if (dq64) {   // the group is one block
-        const uint64_t bb = (uint64_t)e >> 6;
-        if ((int64_t)(bb / QLORA_DQ_BLOCK) != t->d) qlora__scale_tab_fill(w, t, (int64_t)(bb / QLORA_DQ_BLOCK));
-        return _mm256_set1_ps(t->v[w->qabsmax[bb]]);
-    }
+    if (dq64) return _mm256_set1_ps(t->v[qlora__dq64_codes(w, t, e)[0]]);   // the group is one block
     const int64_t b = e >> sh;
     if (sh >= 6) return _mm256_set1_ps(qlora__nf4_scale(w, b));
     return _mm256_insertf128_ps(_mm256_set1_ps(qlora__nf4_scale(w, b)), _mm_set1_ps(qlora__nf4_scale(w, b + 1)), 1);
@@ -7077,7 +7079,7 @@ QLORADEF qlora_status qlora_tokenizer_load_json_buffer(qlora_tokenizer *t, const
     const qlora_json *root, *model, *vocab, *merges, *added, *v;
     struct qlora__tok_data *d;
     qlora_status st;
-    int64_t i, nv, blob = 0;
+    int64_t i, nv, blob = 0, entries;
     int32_t n = 0, max_id = -1;
     int32_t *seen = NULL;
     char msg[200];
@@ -7163,9 +7165,10 @@ QLORADEF qlora_status qlora_tokenizer_load_json_buffer(qlora_tokenizer *t, const
     }
     // every id below the largest needs a token, so the entries bound the ids: checked before the tables
     // are sized by the largest id
-    if ((int64_t)max_id >= nv + (added && added->type == QLORA_JSON_ARRAY ? added->count : 0)) {
+    entries = nv + (added && added->type == QLORA_JSON_ARRAY ? added->count : 0);
+    if ((int64_t)max_id >= entries) {
         snprintf(msg, sizeof msg, "id %lld is larger than the %lld entries of model.vocab and added_tokens allow",
-                 (long long)max_id, (long long)(nv + (added && added->type == QLORA_JSON_ARRAY ? added->count : 0)));
+                 (long long)max_id, (long long)entries);
         st = qlora__tok_json_fail(err, name, msg);
         goto done;
     }
@@ -9437,27 +9440,6 @@ static qlora_status qlora__ll_find_float(const qlora_st_tensor **out, const qlor
     return QLORA_OK;
 }
 
-// The config against the checkpoint, before anything is sized by the config: the tensors of the fp32 arena
-// (embedding, lm_head, final norm, every layer's two norms) must be there with the config's shapes, so that a
-// config.json claiming more than the files hold fails naming the tensor instead of allocating what it claims.
-// (Each projection is checked the same way before its NF4 storage is allocated.)
-static qlora_status qlora__ll_check_arena_tensors(const qlora_llama_config *c, const qlora_st_model *stm,
-                                                  qlora_error *err) {
-    const qlora_st_tensor *t;
-    const int64_t V = c->vocab_size, C = c->hidden_size;
-    qlora_status st = qlora__ll_find_float(&t, stm, "model.embed_tokens.weight", V, C, 2, err);
-    if (st == QLORA_OK && !c->tie_word_embeddings) st = qlora__ll_find_float(&t, stm, "lm_head.weight", V, C, 2, err);
-    if (st == QLORA_OK) st = qlora__ll_find_float(&t, stm, "model.norm.weight", C, 0, 1, err);
-    for (int l = 0; st == QLORA_OK && l < c->n_layers; l++) {
-        char name[160];
-        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        st = qlora__ll_find_float(&t, stm, name, C, 0, 1, err);
-        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if (st == QLORA_OK) st = qlora__ll_find_float(&t, stm, name, C, 0, 1, err);
-    }
-    return st;
-}
-
 static qlora_status qlora__ll_load_f32(float *dst, const qlora_st_model *stm, const char *name, int64_t d0,
                                        int64_t d1, int ndim, qlora_error *err) {
     const qlora_st_tensor *t;
@@ -9467,6 +9449,43 @@ static qlora_status qlora__ll_load_f32(float *dst, const qlora_st_model *stm, co
     qlora_st_model_evict(stm, t);   // the file's pages leave RSS once converted
     if (st == QLORA_OK) st = qlora__check_finite(dst, t->numel, name, err);
     return st == QLORA_OK ? st : qlora__ll_wrap(err, st, "%s", qlora__ll_file_of(stm, t));
+}
+
+// The tensors of the fp32 arena with the config's shapes: embedding, lm_head (unless tied), final norm, every
+// layer's two norms. load 0 only checks that they are there with those shapes; qlora_model_load does that before
+// anything is sized by the config, so that a config.json claiming more than the files hold fails naming the
+// tensor instead of allocating what it claims (each projection is checked the same way before its NF4 storage
+// is allocated). load 1 converts them into the allocated arena.
+static qlora_status qlora__ll_arena_tensors(qlora_model *m, const qlora_st_model *stm, int load, qlora_error *err) {
+    const qlora_llama_config *c = &m->cfg;
+    const int64_t V = c->vocab_size, C = c->hidden_size;
+    qlora_status st = QLORA_OK;
+    for (int i = 0; st == QLORA_OK && i < 3 + 2 * c->n_layers; i++) {
+        char name[160];
+        float *dst;
+        int64_t d0 = C, d1 = 0;
+        int ndim = 1;
+        if (i < 2) {   // (V, C)
+            if (i == 1 && c->tie_word_embeddings) continue;
+            snprintf(name, sizeof name, "%s", i == 0 ? "model.embed_tokens.weight" : "lm_head.weight");
+            dst = i == 0 ? m->embed : m->lm_head;
+            d0 = V;
+            d1 = C;
+            ndim = 2;
+        } else if (i == 2) {
+            snprintf(name, sizeof name, "model.norm.weight");
+            dst = m->final_norm;
+        } else {
+            const int l = (i - 3) / 2, post = (i - 3) % 2;
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l,
+                     post ? "post_attention_layernorm" : "input_layernorm");
+            dst = load ? (post ? m->layers[l].post_norm : m->layers[l].input_norm) : NULL;
+        }
+        const qlora_st_tensor *t;
+        st = load ? qlora__ll_load_f32(dst, stm, name, d0, d1, ndim, err)
+                  : qlora__ll_find_float(&t, stm, name, d0, d1, ndim, err);
+    }
+    return st;
 }
 
 // A bitsandbytes 4-bit projection `P.weight` (spec §3), taken as stored.
@@ -9630,14 +9649,10 @@ QLORADEF qlora_status qlora_model_load(qlora_model *m, const char *dir, const ql
     qlora_status st = qlora_llama_config_read(&m->cfg, cpath, err);
     QLORA_FREE(cpath);
     if (st == QLORA_OK) st = qlora_st_model_open(&stm, dir, err);
-    if (st == QLORA_OK) st = qlora__ll_check_arena_tensors(&m->cfg, &stm, err);
+    if (st == QLORA_OK) st = qlora__ll_arena_tensors(m, &stm, 0, err);   // checked before the config sizes anything
     if (st == QLORA_OK) st = qlora__ll_model_alloc(m, &o, err);
+    if (st == QLORA_OK) st = qlora__ll_arena_tensors(m, &stm, 1, err);
     const qlora_llama_config *c = &m->cfg;
-    int64_t V = c->vocab_size, C = c->hidden_size;
-    if (st == QLORA_OK) st = qlora__ll_load_f32(m->embed, &stm, "model.embed_tokens.weight", V, C, 2, err);
-    if (st == QLORA_OK) st = qlora__ll_load_f32(m->final_norm, &stm, "model.norm.weight", C, 0, 1, err);
-    if (st == QLORA_OK && !c->tie_word_embeddings)
-        st = qlora__ll_load_f32(m->lm_head, &stm, "lm_head.weight", V, C, 2, err);
     // one fp32 staging buffer, as large as the largest projection
     int64_t maxn = 0;
     for (int t = 0; t < QLORA_TARGET_COUNT; t++) {
@@ -9646,11 +9661,6 @@ QLORADEF qlora_status qlora_model_load(qlora_model *m, const char *dir, const ql
         if (out * in > maxn) maxn = out * in;
     }
     for (int l = 0; st == QLORA_OK && l < c->n_layers; l++) {
-        char name[160];
-        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        st = qlora__ll_load_f32(m->layers[l].input_norm, &stm, name, C, 0, 1, err);
-        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if (st == QLORA_OK) st = qlora__ll_load_f32(m->layers[l].post_norm, &stm, name, C, 0, 1, err);
         for (int t = 0; st == QLORA_OK && t < QLORA_TARGET_COUNT; t++) {
             if (!tmp) {
                 tmp = (float *)qlora__alloc(maxn * 4);
