@@ -14,7 +14,7 @@
 // test/test_radiology_rules.c then checks that extracting the facts back from the text gives the same answer.
 //
 // Template ids are the style names; every style belongs to exactly one split (rg_style_split), so train, val and
-// test share no template. Train has 22 styles (the 8 original ones, which alone feed --corpus, and 14 train-only
+// test share no template. Train has 16 styles (the 8 original ones, which alone feed --corpus, and 8 train-only
 // ones that also reword the indication and the facts); val and test have 2 each. Output JSONL, one object a line:
 //     {"id", "note", "label", "flags": [...], "template", "acceptable": [...]}
 // The generator uses only integer arithmetic and its own RNG (xorshift64*), so output is identical on every
@@ -455,25 +455,20 @@ static void gen_implant(rg_rng *r, rg_note *n) {
 // Styles (template ids). split: 0 train, 1 val, 2 test.
 
 // The styles after ST_CLINIC are train-only additions (how real requisitions also arrive: telephone orders,
-// progress and consult notes, paper forms, ED notes, sign-out lines, questions, semicolon shorthand, HL7 order
-// messages, dictation transcripts, e-mails, nursing notes, key-value exports, chat messages). They are
+// progress and consult notes, paper forms, ED notes, sign-out lines, questions, semicolon shorthand). They are
 // appended so that the indices, and with them the val/test/sample RNG streams, stay as they were, and they are
 // left out of the pretraining corpus (rg_style_corpus), which tools/make_base_model.sh reproduces byte for byte.
 enum { ST_TERSE, ST_EHR, ST_LETTER, ST_CAPS, ST_SBAR, ST_TRIAGE, ST_BULLET, ST_NARR, ST_QUESTION, ST_HANDOVER,
        ST_COMMENT, ST_CLINIC, ST_PHONE, ST_PROGRESS, ST_CONSULT, ST_FORM, ST_EDNOTE, ST_SIGNOUT, ST_ASK,
-       ST_SHORTHAND, ST_HL7, ST_DICTATION, ST_EMAIL, ST_NURSING, ST_KEYVALUE, ST_CHAT, ST_COUNT };
+       ST_SHORTHAND, ST_COUNT };
 static const char *const rg_style_name[ST_COUNT] = {"terse", "ehr_fields", "referral_letter", "all_caps", "sbar",
                                                     "ed_triage", "bullets", "narrative", "clinical_question",
                                                     "ward_handover", "order_comment", "clinic_referral",
                                                     "phone_order", "progress_note", "consult_plan", "request_form",
-                                                    "ed_provider", "signout", "question_first", "shorthand",
-                                                    "hl7_message", "dictation", "email", "nursing_note",
-                                                    "key_value", "chat"};
-static const int rg_style_split[ST_COUNT] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0,
-                                             0, 0, 0, 0, 0, 0};
+                                                    "ed_provider", "signout", "question_first", "shorthand"};
+static const int rg_style_split[ST_COUNT] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0};
 // 1: the style's notes go into the --corpus text (the original train styles only).
-static const int rg_style_corpus[ST_COUNT] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                              0, 0, 0, 0, 0, 0};
+static const int rg_style_corpus[ST_COUNT] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
 
 static const char *sex_word(char sex, int age, int kind) {
     if (kind == 0) return sex == 'F' ? "F" : "M";
@@ -830,83 +825,6 @@ static void render_extra(rg_rng *r, int style, const rad_facts *f, const char *i
         case 3: break;
         default: sb_printf(b, " Many thanks, %s team.", RG_PICK(r, rg_doctors) + 3); break;
         }
-        break;
-    }
-    case ST_HL7: {   // an order message as an interface delivers it: segments, pipes, free text in NTE
-        int msg = rg_int(r, 10000, 99999), ord = rg_int(r, 100000, 999999);
-        sb_printf(b, "MSH|^~\\&|EHR|MAIN|RIS|RAD|2026%02d%02d%02d%02d||ORM^O01|MSG%d|P|2.3\n", rg_int(r, 1, 12),
-                  rg_int(r, 1, 28), rg_int(r, 0, 23), rg_int(r, 0, 59), msg);
-        sb_printf(b, "ORC|NW|ORD%d||||^^^^^%s\n", ord, rg_pct(r, 50) ? "S" : "R");
-        sb_printf(b, "OBR|1|ORD%d||IMG^IMAGING REQUEST^L|||||||||%s||||||||||||%s\nNTE|1||", ord, doc, w);
-        put_age_sex(r, b, age, sx);
-        int k = 2;
-        for (int i = 0; i < ni; i++) sb_printf(b, "\nNTE|%d||%s", k++, items[i]);
-        if (n->meds[0]) sb_printf(b, "\nNTE|%d||Meds: %s", k++, n->meds);
-        break;
-    }
-    case ST_DICTATION: {   // speech recognition: spoken framing, periods only where the speaker said "period"
-        static const char *const open[] = {"This is %s dictating an imaging request for a patient,",
-                                           "%s here, dictating a scan request,", "Dictation from %s. Request for"};
-        static const char *const close[] = {"Please protocol as appropriate. End of dictation.",
-                                            "Radiology to choose the study. Thank you, end dictation.",
-                                            "Please call me with any questions. End of message."};
-        sb_printf(b, RG_PICK(r, open), doc);
-        sb_put(b, " ");
-        put_age_sex(r, b, age, sx);
-        sb_printf(b, ". Indication is %s.", w);
-        if (ni) { sb_put(b, " Relevant history includes "); join_list(b, items, ni, ", "); sb_put(b, "."); }
-        if (n->meds[0]) sb_printf(b, " Current medications %s.", n->meds);
-        sb_printf(b, " %s", RG_PICK(r, close));
-        if (rg_pct(r, 50))
-            for (size_t i = 0; i < b->n; i++) if (b->s[i] >= 'A' && b->s[i] <= 'Z') b->s[i] = (char)(b->s[i] + 32);
-        break;
-    }
-    case ST_EMAIL: {
-        static const char *const subj[] = {"Subject: imaging request", "Subject: scan for one of our patients",
-                                           "Subject: protocol query", "RE: imaging"};
-        static const char *const hi[] = {"Hi team,", "Dear radiology,", "Hello,", "Hi all,"};
-        static const char *const sign[] = {"Best wishes,", "Thanks in advance,", "Kind regards,", "Cheers,"};
-        sb_printf(b, "%s\n%s\nCould you please arrange a scan for my patient (", RG_PICK(r, subj), RG_PICK(r, hi));
-        put_age_sex(r, b, age, sx);
-        sb_printf(b, ") with %s.", w);
-        if (ni) { sb_put(b, " Background: "); join_list(b, items, ni, ". "); sb_put(b, "."); }
-        if (n->meds[0]) sb_printf(b, " Regular meds are %s.", n->meds);
-        if (noise) sb_printf(b, " %s.", nz);
-        sb_printf(b, "\n%s\n%s", RG_PICK(r, sign), doc);
-        break;
-    }
-    case ST_NURSING: {
-        static const char *const lead[] = {"reports", "seen for", "assessed for", "c/o"};
-        static const char *const act[] = {"MD notified, imaging ordered", "team aware, scan requested",
-                                          "doctor informed, awaiting imaging", "provider at bedside, imaging ordered"};
-        sb_printf(b, "Nursing note %02d:%02d. Pt ", rg_int(r, 0, 23), rg_int(r, 0, 11) * 5);
-        put_age_sex(r, b, age, sx);
-        sb_printf(b, " %s %s. %s.", RG_PICK(r, lead), w, RG_PICK(r, act));
-        if (ni) { sb_put(b, " Chart: "); join_list(b, items, ni, "; "); sb_put(b, "."); }
-        if (n->meds[0]) sb_printf(b, " Meds given as charted: %s.", n->meds);
-        if (noise) sb_printf(b, " %s.", nz);
-        sb_put(b, rg_pct(r, 50) ? " Will continue to monitor." : " Safety checks done.");
-        break;
-    }
-    case ST_KEYVALUE: {   // a structured export: one key a line
-        sb_put(b, "patient: ");
-        put_age_sex(r, b, age, sx);
-        sb_printf(b, "\nreason_for_exam: %s", w);
-        for (int i = 0; i < ni; i++) sb_printf(b, "\n%s: %s", i == allergy ? "allergies" : "history", items[i]);
-        if (n->meds[0]) sb_printf(b, "\nmedications: %s", n->meds);
-        sb_printf(b, "\npriority: %s\nordering_provider: %s", rg_pct(r, 50) ? "routine" : "urgent", doc);
-        break;
-    }
-    case ST_CHAT: {   // secure messaging, one line per message
-        int hh = rg_int(r, 0, 23), mm = rg_int(r, 0, 55);
-        const char *who = doc;
-        sb_printf(b, "[%02d:%02d] %s: hi rads, scan request for ", hh, mm, who);
-        put_age_sex(r, b, age, sx);
-        sb_printf(b, "\n[%02d:%02d] %s: %s", hh, mm + 1, who, w);
-        if (ni) { sb_printf(b, "\n[%02d:%02d] %s: ", hh, mm + 2, who); join_list(b, items, ni, ", "); }
-        if (n->meds[0]) sb_printf(b, "\n[%02d:%02d] %s: meds %s", hh, mm + 2, who, n->meds);
-        sb_printf(b, "\n[%02d:%02d] %s: %s", hh, mm + 3, who,
-                  rg_pct(r, 50) ? "order is in, which study do you want?" : "can you protocol? thanks");
         break;
     }
     default: { // ST_SHORTHAND: semicolons, no sentences
@@ -1470,7 +1388,7 @@ static void usage(FILE *fp) {
           "  --train N     notes in train.jsonl (default 3000); the other files do not change with it\n"
           "  --corpus N    print N lines of unlabeled clinical text (pretraining corpus) to stdout: notes in the\n"
           "                8 original train styles only, report-like paragraphs, catalogue descriptions\n"
-          "  --corpus-styles train   the --corpus notes come from all 22 train styles (default original: the 8\n"
+          "  --corpus-styles train   the --corpus notes come from all 16 train styles (default original: the 8\n"
           "                that made the shipped base model's corpus); validation and test styles never do\n"
           "  --check       generate in memory; report (by id) notes where the facts extracted from the text give a\n"
           "                different label or flags than the generator's gold; exit 1 if any\n"
@@ -1478,8 +1396,7 @@ static void usage(FILE *fp) {
           "The committed splits are reproduced exactly by:  build/radgen --seed 7 --out data/\n"
           "Template ids (styles) per split: train terse, ehr_fields, referral_letter, all_caps, sbar, ed_triage,\n"
           "bullets, narrative (these 8 also make the --corpus notes), phone_order, progress_note, consult_plan,\n"
-          "request_form, ed_provider, signout, question_first, shorthand, hl7_message, dictation, email,\n"
-          "nursing_note, key_value, chat; val clinical_question, ward_handover;\n"
+          "request_form, ed_provider, signout, question_first, shorthand; val clinical_question, ward_handover;\n"
           "test order_comment, clinic_referral.\n",
           fp);
 }

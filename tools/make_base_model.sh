@@ -11,7 +11,7 @@
 # usage: tools/make_base_model.sh [--out DIR] [--threads N] [--corpus-styles original|train] [--quick]
 #   --out DIR     where the model goes (default data/base)
 #   --threads N   OpenMP threads for pretraining (default: all cores). The result does not depend on it.
-#   --corpus-styles S   original (default: the 8 styles of the shipped model's corpus) or train (all 22 train
+#   --corpus-styles S   original (default: the 8 styles of the shipped model's corpus) or train (all 16 train
 #                 styles of radgen; validation and test styles never enter the corpus)
 #   --quick       a tiny smoke run (small corpus, 2-layer 64-wide model, 30 steps) into build/base-quick
 #                 unless --out is given; for checking the recipe, not for use
