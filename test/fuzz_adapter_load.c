@@ -14,32 +14,9 @@
 #define QLORA_IMPLEMENTATION
 #include "qlora.h"
 
-#include <errno.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "test/fuzz_dir.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static char fuzz_dir[256];
-
-// Removes the scratch directory when libFuzzer exits.
-static void fuzz_cleanup(void) {
-    char path[320];
-    snprintf(path, sizeof path, "%s/adapter_config.json", fuzz_dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", fuzz_dir);
-    unlink(path);
-    rmdir(fuzz_dir);
-}
-
-static int fuzz_write(const char *name, const uint8_t *p, size_t n) {
-    char path[320];
-    snprintf(path, sizeof path, "%s/%s", fuzz_dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f) return 0;
-    int ok = fwrite(p, 1, n, f) == n;
-    return fclose(f) == 0 && ok;
-}
 
 // FNV-1a over every adapter's rank, scale and A, B bytes: what a failed load must leave as it was.
 static uint64_t adapters_hash(const qlora_model *m) {
@@ -59,15 +36,8 @@ static uint64_t adapters_hash(const qlora_model *m) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!fuzz_dir[0]) {
-        snprintf(fuzz_dir, sizeof fuzz_dir, "/tmp/fuzz_adapter_load_%ld", (long)getpid());
-        if (mkdir(fuzz_dir, 0700) != 0 && errno != EEXIST) __builtin_trap();
-        atexit(fuzz_cleanup);
-    }
-    const uint8_t *nul = (const uint8_t *)memchr(data, 0, size);
-    const size_t nc = nul ? (size_t)(nul - data) : size;
-    if (!fuzz_write("adapter_config.json", data, nc)) __builtin_trap();
-    if (!fuzz_write("adapter_model.safetensors", nul ? nul + 1 : data, nul ? size - nc - 1 : 0)) __builtin_trap();
+    const char *dir =
+        fuzz_dir_files("fuzz_adapter_load", "adapter_config.json", "adapter_model.safetensors", data, size);
 
     // C 16, H 24, 2 layers, 2 heads over 1 KV head of 8: q/o 16 -> 16, k/v 16 -> 8, gate/up 16 -> 24, down 24 -> 16
     qlora_llama_config cfg = {16, 24, 2, 2, 1, 8, 32, 8, 1e-5f, 10000.0f, 1.0f, 0, 1, 2, -1};
@@ -83,7 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint32_t targets = m.lora_targets;
     const float *a0 = m.layers[0].lora[0].A;
 
-    if (qlora_model_load_adapter(&m, fuzz_dir, &err) != QLORA_OK) {
+    if (qlora_model_load_adapter(&m, dir, &err) != QLORA_OK) {
         // a reason, and nothing changed
         if (!err.detail[0] || m.lora_targets != targets || m.layers[0].lora[0].A != a0 || adapters_hash(&m) != before)
             __builtin_trap();

@@ -12,43 +12,12 @@
 #define QLORA_IMPLEMENTATION
 #include "qlora.h"
 
-#include <errno.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "test/fuzz_dir.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static char fuzz_dir[256];
-
-// Removes the scratch directory when libFuzzer exits.
-static void fuzz_cleanup(void) {
-    char path[320];
-    snprintf(path, sizeof path, "%s/config.json", fuzz_dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/model.safetensors", fuzz_dir);
-    unlink(path);
-    rmdir(fuzz_dir);
-}
-
-static int fuzz_write(const char *name, const uint8_t *p, size_t n) {
-    char path[320];
-    snprintf(path, sizeof path, "%s/%s", fuzz_dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f) return 0;
-    int ok = fwrite(p, 1, n, f) == n;
-    return fclose(f) == 0 && ok;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!fuzz_dir[0]) {
-        snprintf(fuzz_dir, sizeof fuzz_dir, "/tmp/fuzz_model_load_%ld", (long)getpid());
-        if (mkdir(fuzz_dir, 0700) != 0 && errno != EEXIST) __builtin_trap();
-        atexit(fuzz_cleanup);
-    }
-    const uint8_t *nul = (const uint8_t *)memchr(data, 0, size);
-    const size_t nc = nul ? (size_t)(nul - data) : size;
-    if (!fuzz_write("config.json", data, nc)) __builtin_trap();
-    if (!fuzz_write("model.safetensors", nul ? nul + 1 : data, nul ? size - nc - 1 : 0)) __builtin_trap();
+    const char *dir = fuzz_dir_files("fuzz_model_load", "config.json", "model.safetensors", data, size);
 
     qlora_model m;
     qlora_model_options o;
@@ -57,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     o.lora.rank = 2;
     o.lora.alpha = 4;
     err.detail[0] = 0;
-    if (qlora_model_load(&m, fuzz_dir, &o, &err) != QLORA_OK) {
+    if (qlora_model_load(&m, dir, &o, &err) != QLORA_OK) {
         if (!err.detail[0] || m.layers || m.arena) __builtin_trap();   // a reason, and nothing kept
         return 0;
     }
