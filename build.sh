@@ -970,11 +970,13 @@ if want_phase fuzz && [ ${#FUZZERS[@]} -gt 0 ]; then
             mkdir -p "$dir/corpus" "$LOGDIR/fuzz"
             seeds=()
             [ -d "test/${name}_corpus" ] && seeds+=("test/${name}_corpus")
+            # a harness whose seeds are larger says so in a "libFuzzer max_len: N" comment (longer seeds are cut)
+            maxlen=$(grep -m1 -oE 'libFuzzer max_len: [0-9]+' "$src" | grep -oE '[0-9]+$' || true)
             t0=$(now_ms); rc=0
             lsan=""
             [ -f test/lsan.supp ] && lsan="suppressions=$PWD/test/lsan.supp:print_suppressions=0"
             (ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LSAN_OPTIONS=$lsan \
-                timeout -k 10 $((FUZZ_SECS + 120)) "$B/fuzz/$name" -max_total_time="$FUZZ_SECS" -max_len=4096 \
+                timeout -k 10 $((FUZZ_SECS + 120)) "$B/fuzz/$name" -max_total_time="$FUZZ_SECS" -max_len="${maxlen:-4096}" \
                 -artifact_prefix="$dir/" -print_final_stats=1 "$dir/corpus" "${seeds[@]}" \
                 >"$log" 2>&1 </dev/null; r=$?; exit $r) 2>/dev/null || rc=$?
             runs=$(grep -m1 -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || true)

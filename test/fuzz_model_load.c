@@ -2,7 +2,9 @@
 // model.safetensors, quantization to NF4 as the tensors load, the adapters, then a two-token prefill.
 //
 //   clang -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. test/fuzz_model_load.c -o build/fuzz_model_load -lm
-//   ./build/fuzz_model_load -max_total_time=60 -max_len=4096 build/fuzz_ml_corpus test/fuzz_model_load_corpus
+//   ./build/fuzz_model_load -max_total_time=60 -max_len=20000 build/fuzz_ml_corpus test/fuzz_model_load_corpus
+//
+// libFuzzer max_len: 20000 (build.sh reads this line: the bitsandbytes 4-bit seed, one layer of 16, is 18 KB)
 //
 // An input is config.json, one NUL byte, then model.safetensors (no NUL: all of it is config.json). Both are
 // written to a scratch directory of this process and loaded with qlora_model_load. A failed load must say why
