@@ -14,6 +14,9 @@
 #   CC                  C compiler of the main build and the matrix (default gcc; the gates always use gcc and clang)
 #   QLORA_CONFIGS       phases `test` runs (default: gates blas+omp noblas+omp blas+noomp scalar asan fuzz)
 #   QLORA_FUZZ_SECONDS  how long each test/fuzz_*.c libFuzzer harness runs in `test` (default 15)
+#   QLORA_FUZZ_OPT      optimization of the fuzz harnesses (default -O0: quick to build for the short CI run). A long
+#                       run: QLORA_CONFIGS=fuzz QLORA_FUZZ_SECONDS=600 QLORA_FUZZ_OPT=-O1 ./build.sh test; each
+#                       harness keeps what it found in build/fuzz/<name>.out/corpus for the next run
 #   QLORA_JOBS          parallel compiles (default: number of CPUs)
 #   QLORA_TEST_TIMEOUT  seconds one test binary may run (default 300)
 #   QLORA_COMPILE_TIMEOUT  seconds one compile or link may take (default 600)
@@ -953,14 +956,14 @@ fi
 # --- 4. fuzzing ---------------------------------------------------------------------------------
 if want_phase fuzz && [ ${#FUZZERS[@]} -gt 0 ]; then
     FUZZ_SECS=${QLORA_FUZZ_SECONDS:-15}
-    phase "[fuzz] clang -fsanitize=fuzzer,address,undefined · ${FUZZ_SECS} s per harness"
+    phase "[fuzz] clang ${QLORA_FUZZ_OPT:--O0} -fsanitize=fuzzer,address,undefined · ${FUZZ_SECS} s per harness"
     if [ $CLANG_FUZZ = 0 ]; then
         emit SKIP "[fuzz] configuration: clang cannot link -fsanitize=fuzzer (libclang-rt-14-dev)"
     else
         T0=$(now_ms)
         # -O0: a harness builds in ~6 s instead of ~40 s at -O1 and runs ~2.7x fewer inputs a second; in a short
-        # run the committed seeds (regressions included) matter more than speed. Long runs: build at -O1 by hand.
-        FUZZ_FLAGS="-std=c99 -Wall -Wextra -pedantic -O0 -g -fsanitize=fuzzer,address,undefined"
+        # run the committed seeds (regressions included) matter more than speed. Long runs: QLORA_FUZZ_OPT=-O1.
+        FUZZ_FLAGS="-std=c99 -Wall -Wextra -pedantic ${QLORA_FUZZ_OPT:--O0} -g -fsanitize=fuzzer,address,undefined"
         FUZZ_FLAGS="$FUZZ_FLAGS -fno-sanitize-recover=all -fno-omit-frame-pointer $MARCH -I."
         build_set fuzz clang "$FUZZ_FLAGS" "-fsanitize=fuzzer,address,undefined -lm" "$B/fuzz" "${FUZZERS[@]}"
         for src in "${BUILT_OK[@]}"; do
